@@ -1,0 +1,281 @@
+"""The shard format: the contract between ``pipeline`` (writer) and ``cals`` (reader).
+
+One WebDataset sample per source clip; documented in ``docs/shard-format.md``. Only this module
+and :mod:`cals.data` know member names. Bump :data:`FORMAT_VERSION` on any incompatible change.
+
+Members of sample ``KEY`` (tar entries ``KEY.<member>``):
+
+==================  ==========================================================================
+``frames.mjpeg``    T baseline JPEG files concatenated; RGB 128x128 at 25 fps (``--lossless``:
+                    ``frames.mpng``, T PNG files). Byte length of each in ``json.frame_sizes``.
+``mel.npy``         float16 ``(4T, 80)`` log10 mel, rows 4t..4t+3 belong to frame t.
+``audio.flac``      16 kHz mono 16-bit FLAC, exactly 640·T samples.
+``boxes.npy``       float32 ``(T, 4)`` square crop box per frame, source pixels, x0 y0 x1 y1.
+``scores.npy``      float32 ``(T,)`` detector score of the frame's own detection, 0 where the
+                    box was interpolated or held (no detection on that frame).
+``json``            metadata (UTF-8, sorted keys), see :data:`REQUIRED_META`.
+==================  ==========================================================================
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+import soundfile
+
+from cals.constants import (
+    AUDIO_SAMPLES_PER_FRAME,
+    CROP_SIZE,
+    MEL_ROWS_PER_FRAME,
+    N_MELS,
+    SAMPLE_RATE,
+)
+
+FORMAT_VERSION = 1
+
+#: JPEG quality of the default frame codec (measured choice: see docs/shard-format.md).
+JPEG_QUALITY_DEFAULT = 95
+
+FRAME_CODECS = {"jpeg": "frames.mjpeg", "png": "frames.mpng"}
+MEL_MEMBER = "mel.npy"
+AUDIO_MEMBER = "audio.flac"
+BOXES_MEMBER = "boxes.npy"
+SCORES_MEMBER = "scores.npy"
+META_MEMBER = "json"
+
+#: Keys every sample's metadata carries.
+REQUIRED_META = (
+    "format_version",
+    "pipeline_version",
+    "key",
+    "source",
+    "dataset",
+    "split",
+    "speaker",
+    "transcript",
+    "source_fps",
+    "source_width",
+    "source_height",
+    "source_duration_s",
+    "num_frames",
+    "detector",
+    "frames_detected",
+    "faces_seen",
+    "audio_pad_samples",
+    "mel_params",
+    "frame_codec",
+    "frame_sizes",
+)
+
+_KEY_PATTERN = re.compile(r"^[A-Za-z0-9_\-]+$")
+
+
+def is_valid_key(key: str) -> bool:
+    """True for keys WebDataset keeps whole: letters, digits, ``_`` and ``-`` (no dots)."""
+    return bool(_KEY_PATTERN.match(key))
+
+
+@dataclass
+class ClipSample:
+    """One decoded clip.
+
+    Attributes:
+        key: sample key (unique in the dataset, no dots).
+        frames: ``(T, 128, 128, 3)`` uint8 RGB face crops at 25 fps.
+        mel: ``(4T, 80)`` float16 log10 mel.
+        audio: ``(640T,)`` int16 mono at 16 kHz.
+        boxes: ``(T, 4)`` float32 crop boxes, source pixels, x0 y0 x1 y1.
+        scores: ``(T,)`` float32 detection score per frame (0 = interpolated/held).
+        meta: the metadata dict (see :data:`REQUIRED_META`).
+    """
+
+    key: str
+    frames: np.ndarray
+    mel: np.ndarray
+    audio: np.ndarray
+    boxes: np.ndarray
+    scores: np.ndarray
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.frames.shape[0])
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _npy_load(blob: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(blob), allow_pickle=False)
+
+
+def encode_frames(frames: np.ndarray, codec: str = "jpeg", quality: int = JPEG_QUALITY_DEFAULT) -> list[bytes]:
+    """Encode ``(T, H, W, 3)`` uint8 RGB frames one image each (JPEG 4:2:0 or PNG)."""
+    import cv2  # local: keeps `import cals` light
+
+    if codec == "jpeg":
+        ext, flags = ".jpg", [cv2.IMWRITE_JPEG_QUALITY, int(quality)]
+    elif codec == "png":
+        ext, flags = ".png", [cv2.IMWRITE_PNG_COMPRESSION, 3]
+    else:
+        raise ValueError(f"unknown frame codec {codec!r}; expected one of {sorted(FRAME_CODECS)}")
+    blobs = []
+    for frame in frames:
+        ok, encoded = cv2.imencode(ext, np.ascontiguousarray(frame[..., ::-1]), flags)
+        if not ok:
+            raise RuntimeError(f"OpenCV failed to encode a frame as {codec}")
+        blobs.append(encoded.tobytes())
+    return blobs
+
+
+def decode_frames(blob: bytes, sizes: list[int], indices: range | list[int] | None = None) -> np.ndarray:
+    """Decode frames from a concatenated-image member.
+
+    Args:
+        blob: the ``frames.mjpeg``/``frames.mpng`` bytes.
+        sizes: byte length of each image, in order (``meta["frame_sizes"]``).
+        indices: which frames to decode (default all); a window decodes only its own frames.
+    Returns:
+        ``(len(indices), H, W, 3)`` uint8 RGB.
+    """
+    import cv2
+
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    if offsets[-1] != len(blob):
+        raise ValueError(f"frame sizes sum to {offsets[-1]} bytes but the member holds {len(blob)}")
+    wanted = range(len(sizes)) if indices is None else indices
+    view = np.frombuffer(blob, dtype=np.uint8)
+    frames = []
+    for i in wanted:
+        image = cv2.imdecode(view[offsets[i] : offsets[i + 1]], cv2.IMREAD_COLOR)
+        if image is None:
+            raise ValueError(f"frame {i} does not decode")
+        frames.append(image[..., ::-1])
+    if not frames:
+        return np.zeros((0, CROP_SIZE, CROP_SIZE, 3), np.uint8)
+    return np.ascontiguousarray(np.stack(frames))
+
+
+def encode_audio(audio: np.ndarray) -> bytes:
+    """``(N,)`` int16 mono at 16 kHz → FLAC bytes (16-bit)."""
+    buffer = io.BytesIO()
+    soundfile.write(buffer, audio, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
+    return buffer.getvalue()
+
+
+def decode_audio(blob: bytes) -> np.ndarray:
+    """FLAC bytes → ``(N,)`` int16 mono; refuses any other rate or channel count."""
+    audio, rate = soundfile.read(io.BytesIO(blob), dtype="int16", always_2d=True)
+    if rate != SAMPLE_RATE or audio.shape[1] != 1:
+        raise ValueError(f"audio member is {rate} Hz x {audio.shape[1]} ch, expected {SAMPLE_RATE} Hz mono")
+    return audio[:, 0]
+
+
+def encode_sample(
+    sample: ClipSample, codec: str = "jpeg", quality: int = JPEG_QUALITY_DEFAULT
+) -> dict[str, Any]:
+    """ClipSample → WebDataset dict of bytes (``__key__`` plus members). Deterministic."""
+    blobs = encode_frames(sample.frames, codec, quality)
+    return pack_sample(sample.key, blobs, codec, sample.mel, sample.audio, sample.boxes, sample.scores, sample.meta, quality)
+
+
+def pack_sample(
+    key: str,
+    frame_blobs: list[bytes],
+    codec: str,
+    mel: np.ndarray,
+    audio: np.ndarray,
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    meta: Mapping[str, Any],
+    quality: int = JPEG_QUALITY_DEFAULT,
+) -> dict[str, Any]:
+    """Frames already encoded one image each (:func:`encode_frames`) plus arrays → the
+    WebDataset dict. The pipeline uses this to encode frames while streaming."""
+    if not is_valid_key(key):
+        raise ValueError(f"invalid sample key {key!r}: letters, digits, '_' and '-' only")
+    meta = dict(meta)
+    meta.update(
+        key=key,
+        format_version=FORMAT_VERSION,
+        num_frames=len(frame_blobs),
+        frame_codec=codec,
+        frame_sizes=[len(b) for b in frame_blobs],
+    )
+    if codec == "jpeg":
+        meta["jpeg_quality"] = int(quality)
+    return {
+        "__key__": key,
+        FRAME_CODECS[codec]: b"".join(frame_blobs),
+        MEL_MEMBER: _npy_bytes(mel.astype(np.float16)),
+        AUDIO_MEMBER: encode_audio(audio),
+        BOXES_MEMBER: _npy_bytes(boxes.astype(np.float32)),
+        SCORES_MEMBER: _npy_bytes(scores.astype(np.float32)),
+        META_MEMBER: json.dumps(meta, sort_keys=True, ensure_ascii=False).encode("utf-8"),
+    }
+
+
+def decode_sample(raw: Mapping[str, Any], frames: bool = True) -> ClipSample:
+    """WebDataset raw dict (member → bytes) → ClipSample. ``frames=False`` skips image decoding
+    (``frames`` is then an empty ``(0, 128, 128, 3)`` array)."""
+    meta = json.loads(raw[META_MEMBER])
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ValueError(
+            f"sample {raw.get('__key__')!r} has shard format version {version}, this reader reads {FORMAT_VERSION}"
+        )
+    member = FRAME_CODECS.get(meta["frame_codec"])
+    if member is None or member not in raw:
+        raise ValueError(f"sample {raw.get('__key__')!r} lacks its frames member ({meta['frame_codec']})")
+    decoded = decode_frames(raw[member], meta["frame_sizes"], None if frames else [])
+    return ClipSample(
+        key=raw["__key__"],
+        frames=decoded,
+        mel=_npy_load(raw[MEL_MEMBER]),
+        audio=decode_audio(raw[AUDIO_MEMBER]),
+        boxes=_npy_load(raw[BOXES_MEMBER]),
+        scores=_npy_load(raw[SCORES_MEMBER]),
+        meta=meta,
+    )
+
+
+def check_sample(sample: ClipSample, frames_decoded: bool = True) -> list[str]:
+    """Every invariant of the format; returns a list of violations (empty when the sample is good)."""
+    problems = []
+    meta = sample.meta
+    T = meta.get("num_frames")
+    missing = [k for k in REQUIRED_META if k not in meta]
+    if missing:
+        problems.append(f"metadata lacks {missing}")
+    if not is_valid_key(sample.key) or meta.get("key") != sample.key:
+        problems.append(f"key {sample.key!r} invalid or differs from metadata key {meta.get('key')!r}")
+    if not isinstance(T, int) or T <= 0:
+        return problems + [f"num_frames {T!r} is not a positive int"]
+    if frames_decoded:
+        if sample.frames.shape != (T, CROP_SIZE, CROP_SIZE, 3) or sample.frames.dtype != np.uint8:
+            problems.append(f"frames {sample.frames.shape} {sample.frames.dtype}, expected ({T}, {CROP_SIZE}, {CROP_SIZE}, 3) uint8")
+    if len(meta.get("frame_sizes", [])) != T:
+        problems.append(f"{len(meta.get('frame_sizes', []))} frame sizes for {T} frames")
+    if sample.mel.shape != (MEL_ROWS_PER_FRAME * T, N_MELS) or sample.mel.dtype != np.float16:
+        problems.append(f"mel {sample.mel.shape} {sample.mel.dtype}, expected ({MEL_ROWS_PER_FRAME * T}, {N_MELS}) float16")
+    elif not np.all(np.isfinite(sample.mel)):
+        problems.append("mel has non-finite values")
+    if sample.audio.shape != (AUDIO_SAMPLES_PER_FRAME * T,) or sample.audio.dtype != np.int16:
+        problems.append(f"audio {sample.audio.shape} {sample.audio.dtype}, expected ({AUDIO_SAMPLES_PER_FRAME * T},) int16")
+    if sample.boxes.shape != (T, 4) or sample.boxes.dtype != np.float32:
+        problems.append(f"boxes {sample.boxes.shape} {sample.boxes.dtype}, expected ({T}, 4) float32")
+    elif not np.all(sample.boxes[:, 2:] > sample.boxes[:, :2]):
+        problems.append("a box has x1 <= x0 or y1 <= y0")
+    if sample.scores.shape != (T,):
+        problems.append(f"scores {sample.scores.shape}, expected ({T},)")
+    elif int(np.count_nonzero(sample.scores)) != meta.get("frames_detected"):
+        problems.append(f"{np.count_nonzero(sample.scores)} scored frames but frames_detected={meta.get('frames_detected')}")
+    return problems

@@ -1,0 +1,1 @@
+"""Typer apps behind the ``cals-*`` commands: options plus one library call each."""

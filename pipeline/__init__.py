@@ -1,0 +1,7 @@
+"""cals-prep: raw talking-face videos → verified WebDataset shards (see docs/shard-format.md).
+
+Imports point one way: ``cli`` → ``pipeline`` → ``cals``. Only :mod:`pipeline.run` imports Ray.
+"""
+
+#: Version of the preparation code, written into every sample's metadata and prep.json.
+PIPELINE_VERSION = "0.1.0"

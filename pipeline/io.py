@@ -1,0 +1,172 @@
+"""The ffmpeg edge: probe a media file, stream its frames at 25 fps, read its audio at 16 kHz.
+
+All commands are argument lists (no shell), the input is passed as ``file:<absolute path>`` so
+names with spaces, quotes, ``$(...)``, colons or a leading dash are read literally.
+
+Timing: both streams are put on the container's clock starting at 0. Video goes through
+``fps=25:start_time=0`` (constant frame rate; a late-starting or variable-rate stream is
+duplicated/dropped to the 25 fps grid), audio through ``aresample=async=1:first_pts=0`` (a
+late-starting stream is padded with silence). Frame t therefore covers [t/25, (t+1)/25) s and
+audio samples [640t, 640t + 640).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterator
+
+import ffmpeg
+import numpy as np
+
+from cals.constants import FPS, SAMPLE_RATE
+from pipeline.errors import ClipError
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    """What ffprobe says of a file. Sizes are display sizes (rotation applied)."""
+
+    path: str
+    duration_s: float
+    width: int
+    height: int
+    fps: float
+    video_codec: str
+    has_audio: bool
+    audio_rate: int
+    audio_channels: int
+
+    @property
+    def expected_frames(self) -> int:
+        """Frames at 25 fps the duration promises."""
+        return int(round(self.duration_s * FPS))
+
+
+def ffmpeg_input(path: str | Path) -> str:
+    """The literal-file URL ffmpeg and ffprobe read without interpreting the name."""
+    return "file:" + os.path.abspath(path)
+
+
+def _first_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def _rotation(stream: dict) -> int:
+    for side in stream.get("side_data_list", []) or []:
+        if "rotation" in side:
+            return int(float(side["rotation"])) % 360
+    return int(float(stream.get("tags", {}).get("rotate", 0))) % 360
+
+
+def probe(path: str | Path) -> MediaInfo:
+    """ffprobe a file. Raises ClipError (empty_file, unreadable, no_video)."""
+    path = str(path)
+    if os.path.getsize(path) == 0:
+        raise ClipError("empty_file", path)
+    try:
+        info = ffmpeg.probe(ffmpeg_input(path), v="error")
+    except ffmpeg.Error as error:
+        detail = _first_line(error.stderr.decode("utf-8", "replace")) if error.stderr else str(error)
+        raise ClipError("unreadable", detail) from None
+    streams = info.get("streams", [])
+    video = next((s for s in streams if s.get("codec_type") == "video" and not s.get("disposition", {}).get("attached_pic")), None)
+    if video is None:
+        raise ClipError("no_video", f"streams: {[s.get('codec_type') for s in streams]}")
+    audio = next((s for s in streams if s.get("codec_type") == "audio"), None)
+    width, height = int(video["width"]), int(video["height"])
+    if _rotation(video) in (90, 270):
+        width, height = height, width
+    rate = video.get("avg_frame_rate") or video.get("r_frame_rate") or "0/1"
+    fps = float(Fraction(rate)) if rate != "0/0" else 0.0
+    duration = float(info.get("format", {}).get("duration") or video.get("duration") or 0.0)
+    return MediaInfo(
+        path=path,
+        duration_s=duration,
+        width=width,
+        height=height,
+        fps=fps,
+        video_codec=video.get("codec_name", "?"),
+        has_audio=audio is not None,
+        audio_rate=int(audio.get("sample_rate", 0)) if audio else 0,
+        audio_channels=int(audio.get("channels", 0)) if audio else 0,
+    )
+
+
+class _StderrDrain(threading.Thread):
+    """Reads a pipe to the end in the background so ffmpeg never blocks on a full stderr."""
+
+    def __init__(self, pipe) -> None:
+        super().__init__(daemon=True)
+        self.pipe = pipe
+        self.chunks: list[bytes] = []
+
+    def run(self) -> None:
+        for chunk in iter(lambda: self.pipe.read(4096), b""):
+            self.chunks.append(chunk)
+
+    def text(self) -> str:
+        return b"".join(self.chunks).decode("utf-8", "replace")
+
+
+def iter_frames(info: MediaInfo, threads: int = 0) -> Iterator[np.ndarray]:
+    """Stream the video as ``(H, W, 3)`` uint8 RGB frames at exactly 25 fps, one at a time.
+
+    Memory stays at one frame (plus ffmpeg's pipe buffer) whatever the clip length.
+    Raises ClipError("decode_error") if ffmpeg exits non-zero.
+    """
+    process = (
+        ffmpeg.input(ffmpeg_input(info.path))
+        .video.filter("fps", fps=FPS, start_time=0)
+        .output("pipe:", format="rawvideo", pix_fmt="rgb24", threads=threads)
+        .global_args("-nostdin", "-v", "error")
+        .run_async(pipe_stdout=True, pipe_stderr=True)
+    )
+    drain = _StderrDrain(process.stderr)
+    drain.start()
+    frame_bytes = info.width * info.height * 3
+    try:
+        while True:
+            buffer = process.stdout.read(frame_bytes)
+            if len(buffer) < frame_bytes:
+                break
+            yield np.frombuffer(buffer, np.uint8).reshape(info.height, info.width, 3)
+    finally:
+        process.stdout.close()
+        if process.poll() is None:
+            process.kill()
+        returncode = process.wait()
+        drain.join(timeout=5)
+    if returncode != 0:
+        raise ClipError("decode_error", _first_line(drain.text()) or f"ffmpeg exit code {returncode}")
+
+
+def read_audio(info: MediaInfo) -> np.ndarray:
+    """Whole audio track as ``(N,)`` int16 mono at 16 kHz (ffmpeg's downmix and resampler).
+
+    Raises ClipError("no_audio") without an audio stream, ("decode_error") if ffmpeg fails.
+    """
+    if not info.has_audio:
+        raise ClipError("no_audio", "the file has no audio stream")
+    command = (
+        ffmpeg.input(ffmpeg_input(info.path))
+        .audio.filter("aresample", **{"async": 1, "first_pts": 0})
+        .output("pipe:", format="s16le", acodec="pcm_s16le", ac=1, ar=SAMPLE_RATE)
+        .global_args("-nostdin", "-v", "error")
+        .compile()
+    )
+    result = subprocess.run(command, capture_output=True, check=False)
+    if result.returncode != 0:
+        raise ClipError("decode_error", "audio: " + (_first_line(result.stderr.decode("utf-8", "replace")) or f"exit {result.returncode}"))
+    return np.frombuffer(result.stdout, dtype=np.int16).copy()
+
+
+def ffmpeg_version() -> str:
+    """First line of ``ffmpeg -version`` (recorded in prep.json)."""
+    result = subprocess.run(["ffmpeg", "-version"], capture_output=True, text=True, check=False)
+    return result.stdout.splitlines()[0] if result.stdout else "unknown"

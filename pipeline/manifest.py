@@ -1,0 +1,106 @@
+"""Clip descriptions (what a recipe returns) and the Parquet manifest (one row per source clip).
+
+A recipe returns :class:`ClipSource` records; the run writes one manifest row per source clip,
+ok or failed, with :data:`MANIFEST_SCHEMA`. Readable with pandas, pyarrow or duckdb.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+@dataclass(frozen=True)
+class ClipSource:
+    """One source clip to prepare.
+
+    Attributes:
+        key: sample key, unique in the dataset, letters/digits/``_``/``-`` only.
+        path: absolute path of the video file.
+        dataset: dataset name (the output folder name).
+        split: "train", "val" or "test".
+        speaker: speaker id (no speaker crosses splits).
+        transcript: utterance text when the corpus has one.
+        extra: corpus-specific metadata (labels, word timings), copied into the sample json.
+    """
+
+    key: str
+    path: str
+    dataset: str
+    split: str
+    speaker: str
+    transcript: Optional[str] = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ClipSource":
+        return cls(**data)
+
+
+MANIFEST_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("source", pa.string()),
+        ("dataset", pa.string()),
+        ("split", pa.string()),
+        ("speaker", pa.string()),
+        ("status", pa.string()),  # "ok" or "failed"
+        ("reason", pa.string()),  # pipeline.errors.REASONS key, null when ok
+        ("detail", pa.string()),
+        ("shard", pa.string()),  # shard file name, null when failed
+        ("num_frames", pa.int64()),
+        ("duration_s", pa.float64()),  # of the prepared sample: num_frames / 25
+        ("source_duration_s", pa.float64()),
+        ("source_fps", pa.float64()),
+        ("source_width", pa.int64()),
+        ("source_height", pa.int64()),
+        ("source_codec", pa.string()),
+        ("frames_examined", pa.int64()),
+        ("frames_detected", pa.int64()),
+        ("faces_seen", pa.int64()),
+        ("detect_ratio", pa.float64()),
+        ("mean_score", pa.float64()),
+        ("audio_pad_samples", pa.int64()),
+        ("transcript", pa.string()),
+    ]
+)
+
+
+def manifest_row(source: ClipSource, **fields: Any) -> dict[str, Any]:
+    """A manifest row for ``source`` with every schema column (missing ones null)."""
+    row = {name: None for name in MANIFEST_SCHEMA.names}
+    row.update(
+        key=source.key,
+        source=source.path,
+        dataset=source.dataset,
+        split=source.split,
+        speaker=source.speaker,
+        transcript=source.transcript,
+    )
+    unknown = set(fields) - set(row)
+    if unknown:
+        raise KeyError(f"not manifest columns: {sorted(unknown)}")
+    row.update(fields)
+    return row
+
+
+def atomic_write_parquet(rows: Iterable[dict[str, Any]], path: Path) -> None:
+    """Write rows with :data:`MANIFEST_SCHEMA` to a temp file beside ``path``, then rename."""
+    table = pa.Table.from_pylist(list(rows), schema=MANIFEST_SCHEMA)
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    return pq.read_table(path, schema=MANIFEST_SCHEMA).to_pylist()

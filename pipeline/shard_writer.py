@@ -1,0 +1,122 @@
+"""Prepare one shard: clips → ``<split>-NNNNNN.tar`` + its manifest rows, written atomically.
+
+No Ray here: :mod:`pipeline.run` calls :func:`prepare_shard` inside a Ray task, tests call it
+directly. Order of writes: tar to a temp name, rows part to a temp name, rows renamed, tar
+renamed. A shard is complete when its rows part exists and (if it has ok clips) its tar does;
+a crash at any point leaves temp files only, which the next run removes and redoes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import traceback
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import webdataset as wds
+
+from pipeline.clip import PrepParams, process_clip
+from pipeline.errors import ClipError
+from pipeline.manifest import ClipSource, atomic_write_parquet, manifest_row
+from pipeline.stages.detect import make_detector
+
+log = logging.getLogger(__name__)
+
+#: Folder (inside the dataset folder) holding one manifest part per complete shard.
+PARTS_DIR = "_parts"
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """One unit of work: the clips of one output shard ``<name>.tar``."""
+
+    name: str
+    split: str
+    clips: tuple[ClipSource, ...]
+
+
+def part_path(out_dir: Path, shard: str) -> Path:
+    return Path(out_dir) / PARTS_DIR / f"{shard}.parquet"
+
+
+def _fsync_replace(tmp: Path, final: Path) -> None:
+    with open(tmp, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, final)
+
+
+ProgressFn = Callable[[int, int, int], None]  # (clips, frames, failed)
+
+
+def prepare_shard(
+    plan: ShardPlan,
+    out_dir: Path,
+    params: PrepParams,
+    progress: Optional[ProgressFn] = None,
+    fail_fast: bool = False,
+) -> list[dict[str, Any]]:
+    """Process ``plan``'s clips into ``out_dir/<plan.name>.tar``; return its manifest rows.
+
+    A clip that raises ClipError is recorded with its reason; any other exception is recorded as
+    ``internal_error`` with its type and message (``fail_fast`` re-raises instead). The tar
+    holds only complete samples: each is fully encoded in memory before it is written.
+    """
+    import cv2
+
+    cv2.setNumThreads(1)
+    out_dir = Path(out_dir)
+    (out_dir / PARTS_DIR).mkdir(parents=True, exist_ok=True)
+    final_tar = out_dir / f"{plan.name}.tar"
+    tmp_tar = out_dir / f".{plan.name}.tar.tmp-{uuid.uuid4().hex[:8]}"
+    detector = make_detector(params.detector, params.mediapipe_model)
+    rows, written = [], 0
+    try:
+        with open(tmp_tar, "wb") as stream, wds.TarWriter(stream, mtime=0, user="cals", group="cals", encoder=False) as tar:
+            for clip in plan.clips:
+                try:
+                    result = process_clip(clip, params, detector)
+                except ClipError as error:
+                    rows.append(manifest_row(clip, status="failed", reason=error.reason, detail=error.detail[:500]))
+                except Exception as error:  # noqa: BLE001 - one clip never kills its shard
+                    if fail_fast:
+                        raise
+                    where = traceback.extract_tb(error.__traceback__)[-1]
+                    detail = f"{type(error).__name__}: {error} (at {Path(where.filename).name}:{where.lineno})"
+                    log.warning("clip %s failed unexpectedly: %s", clip.path, detail)
+                    rows.append(manifest_row(clip, status="failed", reason="internal_error", detail=detail[:500]))
+                else:
+                    tar.write(result.sample)
+                    written += 1
+                    rows.append(manifest_row(clip, status="ok", shard=final_tar.name, **result.fields))
+                if progress:
+                    last = rows[-1]
+                    progress(1, last["num_frames"] or 0, int(last["status"] != "ok"))
+    except BaseException:
+        tmp_tar.unlink(missing_ok=True)
+        raise
+    finally:
+        detector.close()
+    if written:
+        atomic_write_parquet(rows, part_path(out_dir, plan.name))
+        _fsync_replace(tmp_tar, final_tar)
+    else:
+        tmp_tar.unlink(missing_ok=True)
+        atomic_write_parquet(rows, part_path(out_dir, plan.name))
+    return rows
+
+
+def shard_is_complete(out_dir: Path, plan: ShardPlan) -> bool:
+    """True when the shard's rows part exists and, if it has ok clips, the tar too."""
+    from pipeline.manifest import read_rows
+
+    part = part_path(out_dir, plan.name)
+    if not part.is_file():
+        return False
+    rows = read_rows(part)
+    if [r["key"] for r in rows] != [c.key for c in plan.clips]:
+        return False
+    has_ok = any(r["status"] == "ok" for r in rows)
+    return (Path(out_dir) / f"{plan.name}.tar").is_file() or not has_ok

@@ -1,0 +1,55 @@
+"""Square face crop from a detection box, resized to 128x128.
+
+The crop square is centred on the detection box shifted down by ``shift_down`` x box height (so
+the chin and jaw stay inside), with side ``margin`` x max(box width, box height). A square that
+fits in the frame is shifted inside it (clamp: real pixels, face slightly off-centre); one larger
+than the frame is padded with black. Resizing uses OpenCV's INTER_AREA (no aliasing when
+shrinking).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from cals.constants import CROP_SIZE
+
+Box = tuple[float, float, float, float]
+
+
+@dataclass(frozen=True)
+class CropParams:
+    margin: float = 1.6
+    shift_down: float = 0.1
+    size: int = CROP_SIZE
+
+
+def crop_square(box: Box, width: int, height: int, params: CropParams = CropParams()) -> Box:
+    """Integer-aligned square crop box (xyxy, source pixels) for a detection box in a
+    ``width x height`` frame, clamped inside the frame when it fits."""
+    x0, y0, x1, y1 = box
+    side = max(1.0, round(params.margin * max(x1 - x0, y1 - y0)))
+    cx = (x0 + x1) / 2
+    cy = (y0 + y1) / 2 + params.shift_down * (y1 - y0)
+    left, top = round(cx - side / 2), round(cy - side / 2)
+    if side <= width:
+        left = min(max(left, 0), width - side)
+    if side <= height:
+        top = min(max(top, 0), height - side)
+    return (float(left), float(top), float(left + side), float(top + side))
+
+
+def crop_frame(frame: np.ndarray, square: Box, size: int = CROP_SIZE) -> np.ndarray:
+    """Cut ``square`` (integer xyxy, may exceed the frame: black padding) out of an ``(H, W, 3)``
+    uint8 frame and resize to ``(size, size, 3)`` uint8."""
+    import cv2
+
+    height, width = frame.shape[:2]
+    x0, y0, x1, y1 = (int(v) for v in square)
+    patch = frame[max(y0, 0) : min(y1, height), max(x0, 0) : min(x1, width)]
+    pad = (max(0, -y0), max(0, y1 - height), max(0, -x0), max(0, x1 - width))
+    if any(pad):
+        patch = cv2.copyMakeBorder(patch, *pad, cv2.BORDER_CONSTANT, value=(0, 0, 0))
+    interpolation = cv2.INTER_AREA if patch.shape[0] > size else cv2.INTER_CUBIC
+    return cv2.resize(np.ascontiguousarray(patch), (size, size), interpolation=interpolation)
