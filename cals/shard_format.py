@@ -19,6 +19,7 @@ Members of sample ``KEY`` (tar entries ``KEY.<member>``):
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import re
@@ -70,6 +71,7 @@ REQUIRED_META = (
     "mel_params",
     "frame_codec",
     "frame_sizes",
+    "member_sha1",
 )
 
 _KEY_PATTERN = re.compile(r"^[A-Za-z0-9_\-]+$")
@@ -212,15 +214,30 @@ def pack_sample(
     )
     if codec == "jpeg":
         meta["jpeg_quality"] = int(quality)
-    return {
-        "__key__": key,
+    members = {
         FRAME_CODECS[codec]: b"".join(frame_blobs),
         MEL_MEMBER: _npy_bytes(mel.astype(np.float16)),
         AUDIO_MEMBER: encode_audio(audio),
         BOXES_MEMBER: _npy_bytes(boxes.astype(np.float32)),
         SCORES_MEMBER: _npy_bytes(scores.astype(np.float32)),
-        META_MEMBER: json.dumps(meta, sort_keys=True, ensure_ascii=False).encode("utf-8"),
     }
+    meta["member_sha1"] = {name: hashlib.sha1(blob).hexdigest() for name, blob in members.items()}
+    members[META_MEMBER] = json.dumps(meta, sort_keys=True, ensure_ascii=False).encode("utf-8")
+    return {"__key__": key, **members}
+
+
+def check_members(raw: Mapping[str, Any]) -> list[str]:
+    """Integrity of a raw sample: every member listed in ``json.member_sha1`` is present and has
+    that SHA-1 (catches bit rot and truncation that decoders would pass silently)."""
+    meta = json.loads(raw[META_MEMBER])
+    problems = []
+    for name, digest in meta.get("member_sha1", {}).items():
+        blob = raw.get(name)
+        if blob is None:
+            problems.append(f"member {name} is missing")
+        elif hashlib.sha1(blob).hexdigest() != digest:
+            problems.append(f"member {name} fails its SHA-1 check (corrupted)")
+    return problems
 
 
 def decode_sample(raw: Mapping[str, Any], frames: bool = True) -> ClipSample:

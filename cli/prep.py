@@ -1,1 +1,178 @@
-def main(): pass
+"""``cals-prep``: prepare talking-face corpora into WebDataset shards, verify and inspect them."""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+err = Console(stderr=True)
+
+
+class DetectorName(str, Enum):
+    mediapipe = "mediapipe"
+    sfd = "sfd"
+    none = "none"
+
+
+class MediapipeModel(str, Enum):
+    short = "short"
+    full = "full"
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print a one-line error and exit (no traceback)."""
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def writable_dir(path: Path) -> Path:
+    """Create ``path`` if needed and prove it is writable, or exit with a one-line error."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".cals-write-test-{uuid.uuid4().hex[:8]}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        fail(f"--out {path} is not writable: {error.strerror or error}")
+    return path
+
+
+@app.command()
+def folder(
+    root: Path = typer.Option(..., "--root", help="Folder of videos (mp4 avi mkv mov webm); speaker = parent folder name."),
+    out: Path = typer.Option(Path("shards"), "--out", help="Output folder; the dataset goes to OUT/NAME/."),
+    name: Optional[str] = typer.Option(None, "--name", help="Dataset folder name [default: the root folder's name]."),
+    val: float = typer.Option(0.05, "--val", help="Share of speakers in the val split (speaker-hashed)."),
+    test: float = typer.Option(0.05, "--test", help="Share of speakers in the test split (speaker-hashed)."),
+    detector: DetectorName = typer.Option(DetectorName.mediapipe, "--detector", help="Face detector: mediapipe, sfd (S3FD weights in the torch hub cache) or none (centre square)."),
+    mediapipe_model: MediapipeModel = typer.Option(MediapipeModel.short, "--mediapipe-model", help="short: faces within ~2 m (fast); full: small/distant faces."),
+    detect_every: int = typer.Option(1, "--detect-every", min=1, help="Run the detector on every k-th frame; boxes in between are interpolated."),
+    min_frames: int = typer.Option(25, "--min-frames", min=1, help="Clips with fewer 25 fps frames fail as too_short."),
+    min_face_ratio: float = typer.Option(0.5, "--min-face-ratio", min=0.0, max=1.0, help="Fail clips with a face in fewer examined frames than this share."),
+    lossless: bool = typer.Option(False, "--lossless", help="Store crops as PNG instead of JPEG (4x larger)."),
+    jpeg_quality: int = typer.Option(95, "--jpeg-quality", min=90, max=100, help="JPEG quality of the crops."),
+    crop_margin: float = typer.Option(1.6, "--crop-margin", min=1.0, help="Crop side = margin x the detection box's larger side."),
+    smooth_frames: int = typer.Option(7, "--smooth-frames", min=1, help="Centred moving-average window of the box track, frames (odd)."),
+    shard_mb: float = typer.Option(500.0, "--shard-mb", min=0.001, help="Target shard size in MB (planned from probed clip durations)."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Ray CPUs for a local run [default: all cores]."),
+    address: Optional[str] = typer.Option(None, "--address", help="Join an existing Ray cluster ('auto' or ray://host:port); OUT must be visible to every node."),
+    fail_fast: bool = typer.Option(False, "--fail-fast", help="Stop at the first unexpected error instead of recording it (debugging)."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar or summary table."),
+) -> None:
+    """Prepare any folder of talking-face videos into OUT/NAME/ shards + manifest.parquet + prep.json."""
+    from pipeline.clip import PrepParams
+    from pipeline.recipes.folder import prepare_folder
+    from pipeline.run import run_prep
+    from pipeline.stages.crop import CropParams
+    from pipeline.stages.track import TrackParams
+
+    if not root.is_dir():
+        fail(f"--root {root} does not exist or is not a folder")
+    try:
+        clips = prepare_folder(root, name=name, val=val, test=test)
+        params = PrepParams(
+            detector=detector.value,
+            mediapipe_model=mediapipe_model.value,
+            detect_every=detect_every,
+            min_frames=min_frames,
+            min_face_ratio=min_face_ratio,
+            codec="png" if lossless else "jpeg",
+            jpeg_quality=jpeg_quality,
+            track=TrackParams(smooth_frames=smooth_frames),
+            crop=CropParams(margin=crop_margin),
+        )
+    except ValueError as error:
+        fail(str(error))
+    if not any(clips.values()):
+        fail(f"no video files (.mp4 .avi .mkv .mov .webm) under {root}")
+    if detector == DetectorName.sfd:
+        from pipeline.stages.detect import SfdDetector
+
+        try:
+            SfdDetector().close()
+        except (FileNotFoundError, ImportError) as error:
+            fail(str(error))
+    dataset_dir = writable_dir(out) / (name or root.resolve().name)
+    writable_dir(dataset_dir)
+    summary = run_prep(
+        clips,
+        dataset_dir,
+        params,
+        shard_mb=shard_mb,
+        workers=workers,
+        address=address,
+        fail_fast=fail_fast,
+        show_progress=not quiet,
+        command=["cals-prep", *sys.argv[1:]],
+    )
+    if summary.ok == 0:
+        fail(f"no clip could be prepared; see {dataset_dir / 'manifest.parquet'} for the reasons", code=1)
+
+
+@app.command()
+def verify(
+    dataset: Path = typer.Argument(..., help="A dataset folder written by cals-prep (OUT/NAME)."),
+    no_mel: bool = typer.Option(False, "--no-mel", help="Skip recomputing each sample's mel from its audio."),
+) -> None:
+    """Decode every shard and check every invariant; exit 1 on any problem."""
+    from pipeline.verify import verify_dataset
+
+    if not dataset.is_dir():
+        fail(f"{dataset} is not a folder")
+    report = verify_dataset(dataset, check_mel=not no_mel)
+    for problem in report.problems[:50]:
+        err.print(f"[red]✗[/] {problem}", highlight=False, soft_wrap=True)
+    if len(report.problems) > 50:
+        err.print(f"... and {len(report.problems) - 50} more problems")
+    status = "[green]OK[/]" if report.ok else f"[red]{len(report.problems)} problems[/]"
+    Console().print(f"{dataset}: {report.shards} shards, {report.samples} samples, {report.frames} frames: {status}", highlight=False, soft_wrap=True)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def inspect(
+    dataset: Path = typer.Argument(..., help="A dataset folder written by cals-prep (OUT/NAME)."),
+    png: Path = typer.Option(Path("sheet.png"), "--png", help="Where to write the contact sheet."),
+    samples: int = typer.Option(8, "--samples", min=1, help="Samples (rows) on the sheet."),
+    frames: int = typer.Option(8, "--frames", min=1, help="Frames per row, evenly spaced."),
+    split: Optional[str] = typer.Option(None, "--split", help="Only this split."),
+) -> None:
+    """Write a PNG contact sheet (crops, detection marks, log-mel) and print the manifest summary."""
+    import pandas as pd
+
+    from cals.data import MANIFEST_FILE
+    from pipeline.inspect import contact_sheet
+
+    if not dataset.is_dir():
+        fail(f"{dataset} is not a folder")
+    try:
+        path = contact_sheet(dataset, png, samples=samples, frames=frames, split=split)
+    except FileNotFoundError as error:
+        fail(str(error))
+    manifest_path = dataset / MANIFEST_FILE
+    if manifest_path.is_file():
+        manifest = pd.read_parquet(manifest_path)
+        table = manifest.groupby(["split", "status"]).agg(clips=("key", "size"), hours=("duration_s", lambda s: s.sum() / 3600))
+        Console().print(table.to_string())
+        failed = manifest[manifest.status != "ok"]
+        if len(failed):
+            Console().print(failed.groupby("reason").size().rename("failed clips").to_string())
+    Console().print(f"contact sheet: {path}", highlight=False)
+
+
+def main() -> None:
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    app()
+
+
+if __name__ == "__main__":
+    main()

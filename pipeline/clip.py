@@ -104,7 +104,7 @@ def process_clip(source: ClipSource, params: PrepParams, detector: Detector) -> 
     info: MediaInfo = probe(source.path)
     if not info.has_audio:
         raise ClipError("no_audio", "the file has no audio stream")
-    if info.duration_s and info.expected_frames < params.min_frames:
+    if info.video_duration_s and info.expected_frames < params.min_frames:
         raise ClipError("too_short", f"{info.expected_frames} frames at {FPS} fps < --min-frames {params.min_frames}")
     audio = read_audio(info)
 
@@ -134,7 +134,7 @@ def process_clip(source: ClipSource, params: PrepParams, detector: Detector) -> 
     num_frames = len(crops_encoded)
     if num_frames == 0:
         raise ClipError("decode_error", "ffmpeg produced no frames")
-    if info.duration_s and num_frames < TRUNCATION_RATIO * info.expected_frames - 1:
+    if info.video_duration_s and num_frames < TRUNCATION_RATIO * info.expected_frames - 1:
         raise ClipError("truncated", f"decoded {num_frames} of {info.expected_frames} frames promised by the container")
     if num_frames < params.min_frames:
         raise ClipError("too_short", f"{num_frames} frames < --min-frames {params.min_frames}")

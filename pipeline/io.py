@@ -33,6 +33,7 @@ class MediaInfo:
 
     path: str
     duration_s: float
+    video_duration_s: float
     width: int
     height: int
     fps: float
@@ -43,8 +44,9 @@ class MediaInfo:
 
     @property
     def expected_frames(self) -> int:
-        """Frames at 25 fps the duration promises."""
-        return int(round(self.duration_s * FPS))
+        """Frames at 25 fps the video stream's duration promises (the container's duration may
+        be longer when the audio outlasts the video)."""
+        return int(round(self.video_duration_s * FPS))
 
 
 def ffmpeg_input(path: str | Path) -> str:
@@ -85,9 +87,11 @@ def probe(path: str | Path) -> MediaInfo:
     rate = video.get("avg_frame_rate") or video.get("r_frame_rate") or "0/1"
     fps = float(Fraction(rate)) if rate != "0/0" else 0.0
     duration = float(info.get("format", {}).get("duration") or video.get("duration") or 0.0)
+    video_duration = float(video.get("duration") or duration)
     return MediaInfo(
         path=path,
         duration_s=duration,
+        video_duration_s=video_duration,
         width=width,
         height=height,
         fps=fps,

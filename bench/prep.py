@@ -1,0 +1,542 @@
+#!/usr/bin/env python
+"""Benchmark of the cals-prep core (issue "cals-prep core"): throughput, scaling, bytes, memory.
+
+Builds its inputs in a work folder, then measures them in one run:
+
+- floor 1, decode only: every corpus frame through ``pipeline.io.iter_frames`` (one process);
+- floor 2, decode + detect: the same frames through the detector, batched as the pipeline does;
+- end to end with 1 and 2 Ray workers: ``run_prep`` over the corpus (one clip per shard), plus
+  the same figures with Ray's start-up (init + first task + shutdown, timed alone) taken out;
+- bytes per frame of the written shards;
+- peak RSS of one worker running ``process_clip`` on a long 1280x720 25 fps clip, in a child.
+
+Prints a markdown table (with PASS/MISS against the targets) and writes it to ``--results``.
+Smoke run (about a minute): ``python bench/prep.py --minutes 0.3 --long-minutes 0.3``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Optional, Sequence
+
+from cals.constants import FPS
+from pipeline.clip import PrepParams, _detected_stream
+from pipeline.errors import ClipError
+from pipeline.io import iter_frames, probe
+from pipeline.recipes.folder import prepare_folder
+from pipeline.run import BYTES_PER_FRAME_ESTIMATE, WORKER_ENV, run_prep
+from pipeline.stages.detect import DETECTORS, make_detector
+
+#: Where the fixture clips live, and which of them (talking faces with speech) make the corpus.
+FIXTURE_DIR = Path("/work/shared/fixtures/video")
+FIXTURE_GLOB = "talk_*.mp4"
+#: Fixture scaled and padded to 1280x720 and looped into the long clip of the memory test.
+LONG_SOURCE = "talk_aoc2_retalking.mp4"
+LONG_WIDTH, LONG_HEIGHT = 1280, 720
+
+DEFAULT_MINUTES = 2.0
+DEFAULT_LONG_MINUTES = 10.0
+DEFAULT_DETECTOR = "mediapipe"
+
+#: Shard size for run_prep, far below one clip's planned size, so every clip gets its own shard.
+SHARD_MB = 1e-3
+#: Shards the end-to-end runs should have so that two workers both get work.
+MIN_SHARDS = 4
+#: Accept a stream-copied loop whose duration is at least this share of the one asked for.
+LOOP_DURATION_TOLERANCE = 0.9
+
+#: Targets: end to end >= 60 % of the decode+detect floor, 2 workers >= 1.7x one worker,
+#: peak RSS of one worker < 1.5 GB on the long 720p clip.
+TARGET_E2E_OVER_FLOOR = 0.60
+TARGET_SCALING_2_OVER_1 = 1.7
+TARGET_PEAK_RSS_BYTES = 1_500_000_000
+
+KIB = 1024
+MIB = 1024**2
+GIB = 1024**3
+
+#: Encoder settings for every clip this script has to (re-)encode.
+X264_ARGS = ["-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p"]
+AAC_ARGS = ["-c:a", "aac", "-b:a", "128k"]
+FFMPEG_BASE = ["ffmpeg", "-nostdin", "-hide_banner", "-v", "error", "-y"]
+
+#: Run in a child process: prepare the long clip once, print its peak memory and timing as JSON.
+RSS_CHILD_CODE = """
+import json, resource, sys, time
+import cv2
+cv2.setNumThreads(1)
+from pipeline.clip import PrepParams, process_clip
+from pipeline.manifest import ClipSource
+from pipeline.stages.detect import make_detector
+
+path, detector_name = sys.argv[1], sys.argv[2]
+params = PrepParams(detector=detector_name)
+detector = make_detector(params.detector, params.mediapipe_model)
+source = ClipSource(key="long", path=path, dataset="bench", split="train", speaker="long")
+started = time.perf_counter()
+result = process_clip(source, params, detector)
+wall_s = time.perf_counter() - started
+detector.close()
+with open("/proc/self/status") as handle:
+    status = dict(line.split(":", 1) for line in handle if ":" in line)
+print(json.dumps({
+    "frames": result.fields["num_frames"],
+    "wall_s": wall_s,
+    "sample_bytes": sum(len(v) for v in result.sample.values() if isinstance(v, bytes)),
+    "vm_hwm_kib": int(status["VmHWM"].split()[0]),
+    "maxrss_self_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+    "maxrss_ffmpeg_kib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
+}))
+"""
+
+
+# ----------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """Frames handled in a wall time."""
+
+    frames: int
+    seconds: float
+
+    @property
+    def fps(self) -> float:
+        return self.frames / max(self.seconds, 1e-9)
+
+
+@dataclass(frozen=True)
+class EndToEnd:
+    """One run_prep run: its throughput, Ray's start-up cost, shards and failures."""
+
+    workers: int
+    run: Throughput
+    ray_startup_s: float
+    shards: int
+    tar_bytes: int
+    failures: dict[str, int]
+
+    @property
+    def without_ray(self) -> Throughput:
+        return Throughput(self.run.frames, max(self.run.seconds - self.ray_startup_s, 1e-9))
+
+
+@dataclass(frozen=True)
+class LongClip:
+    """process_clip on the long clip in a child: throughput and peak memory."""
+
+    run: Throughput
+    worker_peak_bytes: int
+    ffmpeg_peak_bytes: int
+    sample_bytes: int
+
+
+@dataclass
+class Report:
+    """Everything measured, rendered as a markdown table."""
+
+    header: list[str]
+    rows: list[tuple[str, str, str, str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, metric: str, value: str, detail: str = "", target: str = "", status: str = "") -> None:
+        self.rows.append((metric, value, detail, target, status))
+
+    def markdown(self) -> str:
+        lines = list(self.header) + ["", "| metric | value | detail | target | status |", "|---|---|---|---|---|"]
+        lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in self.rows]
+        if self.notes:
+            lines += [""] + [f"- {note}" for note in self.notes]
+        return "\n".join(lines) + "\n"
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def run_ffmpeg(args: Sequence[str]) -> None:
+    """Run ffmpeg with an argument list (no shell); raise RuntimeError with its stderr on failure."""
+    result = subprocess.run([*FFMPEG_BASE, *args], capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"ffmpeg {' '.join(args)} failed: {result.stderr.strip()[-2000:]}")
+
+
+def loop_clip(source: Path, target: Path, seconds: float, reencode: bool) -> None:
+    """Write ``source`` looped to ``seconds`` into ``target`` (stream copy or H.264/AAC), atomically."""
+    tmp = target.with_name(f".{target.stem}.tmp{target.suffix}")
+    codec = [*X264_ARGS, *AAC_ARGS] if reencode else ["-c", "copy"]
+    run_ffmpeg(["-stream_loop", "-1", "-i", str(source), "-t", f"{seconds:.3f}", *codec, str(tmp)])
+    os.replace(tmp, target)
+
+
+def loop_is_usable(path: Path, seconds: float) -> bool:
+    """True when ffprobe reads ``path`` and it lasts about ``seconds``."""
+    try:
+        return probe(path).duration_s >= LOOP_DURATION_TOLERANCE * seconds
+    except ClipError:
+        return False
+
+
+def build_corpus(fixtures: list[Path], corpus: Path, minutes: float) -> float:
+    """Loop every fixture to an equal length so the corpus holds >= ``minutes`` of video.
+
+    Layout ``corpus/<speaker>/<speaker>_loop.mp4`` with the fixture's stem as speaker.
+    Returns the seconds of each clip.
+    """
+    seconds = float(math.ceil(minutes * 60 / len(fixtures)))
+    if corpus.exists():
+        shutil.rmtree(corpus)
+    for fixture in fixtures:
+        folder = corpus / fixture.stem
+        folder.mkdir(parents=True)
+        target = folder / f"{fixture.stem}_loop.mp4"
+        loop_clip(fixture, target, seconds, reencode=False)
+        if not loop_is_usable(target, seconds):
+            loop_clip(fixture, target, seconds, reencode=True)
+    return seconds
+
+
+def build_long_clip(fixture: Path, folder: Path, minutes: float) -> Path:
+    """A ``minutes``-long 1280x720 25 fps H.264/AAC talking-face clip (reused if already built).
+
+    One loop of ``fixture`` is scaled, padded and encoded once, then stream-copied in a loop.
+    """
+    seconds = minutes * 60
+    target = folder / f"long_{LONG_WIDTH}x{LONG_HEIGHT}_{seconds:.0f}s.mp4"
+    if target.is_file() and loop_is_usable(target, seconds):
+        return target
+    folder.mkdir(parents=True, exist_ok=True)
+    segment = folder / f"segment_{LONG_WIDTH}x{LONG_HEIGHT}.mp4"
+    scale_pad = (
+        f"scale={LONG_WIDTH}:{LONG_HEIGHT}:force_original_aspect_ratio=decrease,"
+        f"pad={LONG_WIDTH}:{LONG_HEIGHT}:(ow-iw)/2:(oh-ih)/2,setsar=1,fps={FPS}"
+    )
+    run_ffmpeg(["-i", str(fixture), "-vf", scale_pad, *X264_ARGS, *AAC_ARGS, str(segment)])
+    loop_clip(segment, target, seconds, reencode=False)
+    if not loop_is_usable(target, seconds):
+        loop_clip(segment, target, seconds, reencode=True)
+    return target
+
+
+def corpus_videos(corpus: Path) -> list[Path]:
+    """The corpus clips, in the order prepare_folder lists them."""
+    clips = prepare_folder(corpus, val=0, test=0)
+    return [Path(c.path) for split in clips.values() for c in split]
+
+
+# ----------------------------------------------------------------------------- measurements
+
+
+def measure_decode(paths: list[Path]) -> Throughput:
+    """Floor 1: probe and stream every frame through iter_frames, nothing else."""
+    frames = 0
+    started = time.perf_counter()
+    for path in paths:
+        for _ in iter_frames(probe(path)):
+            frames += 1
+    return Throughput(frames, time.perf_counter() - started)
+
+
+def measure_decode_detect(paths: list[Path], detector_name: str) -> Throughput:
+    """Floor 2: iter_frames plus the detector on every frame, batched like process_clip.
+
+    The detector is built (model loaded) before the clock starts.
+    """
+    detector = make_detector(detector_name)
+    frames = 0
+    try:
+        started = time.perf_counter()
+        for path in paths:
+            for _ in _detected_stream(iter_frames(probe(path)), detector, every=1):
+                frames += 1
+        seconds = time.perf_counter() - started
+    finally:
+        detector.close()
+    return Throughput(frames, seconds)
+
+
+def measure_ray_startup(workers: int) -> float:
+    """Seconds for ray.init as run_prep calls it, one trivial task per worker, and shutdown."""
+    import ray
+
+    @ray.remote(num_cpus=1)
+    def noop() -> int:
+        return os.getpid()
+
+    started = time.perf_counter()
+    ray.init(
+        num_cpus=workers,
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        runtime_env={"env_vars": WORKER_ENV},
+        configure_logging=True,
+    )
+    try:
+        ray.get([noop.remote() for _ in range(workers)])
+    finally:
+        ray.shutdown()
+    return time.perf_counter() - started
+
+
+def measure_end_to_end(corpus: Path, out_dir: Path, workers: int, detector_name: str, command: list[str]) -> EndToEnd:
+    """run_prep over the corpus into a fresh ``out_dir`` with ``workers`` Ray workers."""
+    if out_dir.exists():
+        shutil.rmtree(out_dir)  # run_prep resumes complete shards: a stale folder would skip work
+    ray_startup_s = measure_ray_startup(workers)
+    summary = run_prep(
+        prepare_folder(corpus, val=0, test=0),
+        out_dir,
+        PrepParams(detector=detector_name),
+        shard_mb=SHARD_MB,
+        workers=workers,
+        show_progress=False,
+        command=command,
+    )
+    tars = sorted(out_dir.glob("*.tar"))
+    return EndToEnd(
+        workers=workers,
+        run=Throughput(summary.frames, summary.wall_s),
+        ray_startup_s=ray_startup_s,
+        shards=len(tars),
+        tar_bytes=sum(t.stat().st_size for t in tars),
+        failures=dict(summary.failures),
+    )
+
+
+def measure_long_clip(path: Path, detector_name: str) -> LongClip:
+    """process_clip on ``path`` in a child Python with the Ray workers' environment."""
+    env = {**os.environ, **WORKER_ENV}
+    result = subprocess.run(
+        [sys.executable, "-c", RSS_CHILD_CODE, str(path), detector_name],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"long-clip child failed ({result.returncode}): {result.stderr.strip()[-2000:]}")
+    data = json.loads(result.stdout.strip().splitlines()[-1])
+    return LongClip(
+        run=Throughput(data["frames"], data["wall_s"]),
+        worker_peak_bytes=max(data["vm_hwm_kib"], data["maxrss_self_kib"]) * KIB,
+        ffmpeg_peak_bytes=data["maxrss_ffmpeg_kib"] * KIB,
+        sample_bytes=data["sample_bytes"],
+    )
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def machine_description() -> str:
+    """nproc, CPU model and total RAM of this machine."""
+    cpu = platform.processor() or "unknown CPU"
+    with open("/proc/cpuinfo", encoding="utf-8") as handle:
+        for line in handle:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    ram_kib = 0
+    with open("/proc/meminfo", encoding="utf-8") as handle:
+        for line in handle:
+            if line.startswith("MemTotal:"):
+                ram_kib = int(line.split()[1])
+                break
+    return f"nproc {len(os.sched_getaffinity(0))}, {cpu}, {ram_kib * KIB / GIB:.1f} GiB RAM"
+
+
+def report_header(command: list[str], work: Path) -> list[str]:
+    """Title, command line, machine, date and tool versions."""
+    import importlib.metadata as md
+
+    from pipeline.io import ffmpeg_version
+
+    packages = ", ".join(f"{name} {md.version(name)}" for name in ("mediapipe", "ray", "numpy"))
+    ffmpeg = ffmpeg_version().split(" Copyright", 1)[0]
+    return [
+        "## cals-prep core benchmark",
+        "",
+        f"- command: `{shlex.join(command)}`",
+        f"- machine: {machine_description()}",
+        f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- versions: python {platform.python_version()}, {ffmpeg}, {packages}",
+        f"- work folder: `{work}`",
+    ]
+
+
+def per_core(throughput: Throughput, cores: int) -> str:
+    return f"{throughput.fps:.1f} frames/s ({throughput.fps / cores:.1f} per core)"
+
+
+def add_corpus_rows(report: Report, paths: list[Path], clip_s: float) -> None:
+    total_s = sum(probe(p).duration_s for p in paths)
+    report.add("corpus (looped fixtures)", f"{total_s / 60:.2f} min", f"{len(paths)} clips x {clip_s:.0f} s")
+
+
+def add_floor_rows(report: Report, decode: Throughput, detect: Throughput, detector_name: str) -> None:
+    report.add("floor 1: decode only", per_core(decode, 1), f"{decode.frames} frames in {decode.seconds:.1f} s, 1 process")
+    report.add(
+        f"floor 2: decode + detect ({detector_name})",
+        per_core(detect, 1),
+        f"{detect.frames} frames in {detect.seconds:.1f} s, 1 process",
+    )
+
+
+def add_end_to_end_rows(report: Report, one: EndToEnd, two: EndToEnd, floor: Throughput) -> None:
+    """Throughputs, the ratio to the floor, scaling and bytes per frame."""
+    for run in (one, two):
+        label = f"end to end, {run.workers} worker{'s' if run.workers > 1 else ''}"
+        detail = f"{run.run.frames} frames in {run.run.seconds:.1f} s, {run.shards} shards"
+        report.add(label, per_core(run.run, run.workers), detail)
+        report.add(
+            f"{label}, without Ray start-up",
+            per_core(run.without_ray, run.workers),
+            f"Ray start-up {run.ray_startup_s:.1f} s timed alone",
+        )
+        if run.failures:
+            report.add(f"{label}: failed clips", str(sum(run.failures.values())), json.dumps(run.failures), "0", "MISS")
+        if run.ray_startup_s >= run.run.seconds:
+            report.notes.append(f"{label}: Ray start-up timed alone exceeds the run; 'without Ray' figures are meaningless")
+        if run.shards < MIN_SHARDS:
+            report.notes.append(f"{label} wrote {run.shards} shards (< {MIN_SHARDS}): scaling is not meaningful")
+    for name, a, b in (("", one.run, two.run), (", without Ray start-up", one.without_ray, two.without_ray)):
+        ratio = a.fps / max(floor.fps, 1e-9)
+        report.add(
+            f"end to end (1 worker) / floor 2{name}",
+            f"{ratio:.2f}",
+            f"{a.fps:.1f} / {floor.fps:.1f}",
+            f">= {TARGET_E2E_OVER_FLOOR:.2f}",
+            verdict(ratio >= TARGET_E2E_OVER_FLOOR),
+        )
+        scaling = b.fps / max(a.fps, 1e-9)
+        report.add(
+            f"scaling 2 workers / 1 worker{name}",
+            f"{scaling:.2f}x",
+            f"{b.fps:.1f} / {a.fps:.1f}",
+            f">= {TARGET_SCALING_2_OVER_1:.1f}x",
+            verdict(scaling >= TARGET_SCALING_2_OVER_1),
+        )
+    bytes_per_frame = one.tar_bytes / max(one.run.frames, 1)
+    report.add(
+        "shard bytes per frame",
+        f"{bytes_per_frame:,.0f} B",
+        f"{one.tar_bytes / MIB:.1f} MiB of .tar / {one.run.frames} frames (planning estimate {BYTES_PER_FRAME_ESTIMATE:,} B)",
+    )
+
+
+def add_long_rows(report: Report, long_clip: LongClip, minutes: float) -> None:
+    """Peak RSS (worker alone, and with its ffmpeg child) and throughput on the long clip."""
+    label = f"{minutes:g}-min {LONG_WIDTH}x{LONG_HEIGHT} clip"
+    report.add(
+        f"{label}: peak RSS of the worker",
+        f"{long_clip.worker_peak_bytes / MIB:.0f} MiB",
+        f"ffmpeg child peak {long_clip.ffmpeg_peak_bytes / MIB:.0f} MiB; sample {long_clip.sample_bytes / MIB:.1f} MiB",
+        f"< {TARGET_PEAK_RSS_BYTES / 1e9:.1f} GB",
+        verdict(long_clip.worker_peak_bytes < TARGET_PEAK_RSS_BYTES),
+    )
+    both = long_clip.worker_peak_bytes + long_clip.ffmpeg_peak_bytes
+    report.add(
+        f"{label}: worker + ffmpeg peak RSS",
+        f"{both / MIB:.0f} MiB",
+        "upper bound: both peaks added",
+        f"< {TARGET_PEAK_RSS_BYTES / 1e9:.1f} GB",
+        verdict(both < TARGET_PEAK_RSS_BYTES),
+    )
+    report.add(
+        f"{label}: process_clip throughput",
+        per_core(long_clip.run, 1),
+        f"{long_clip.run.frames} frames in {long_clip.run.seconds:.1f} s, 1 process",
+    )
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Benchmark cals-prep: decode/detect floors, end to end on 1 and 2 Ray workers, "
+        "shard bytes per frame, peak RSS on a long 720p clip.",
+    )
+    parser.add_argument("--minutes", type=float, default=DEFAULT_MINUTES, help="minutes of looped fixtures in the corpus (default %(default)s)")
+    parser.add_argument("--long-minutes", type=float, default=DEFAULT_LONG_MINUTES, help="length of the 1280x720 memory-test clip (default %(default)s)")
+    parser.add_argument("--skip-long", action="store_true", help="skip the long-clip memory test")
+    parser.add_argument("--work", type=Path, default=None, help="work folder for inputs and outputs (default: a new temp folder, kept)")
+    parser.add_argument("--results", type=Path, default=None, help="markdown results file (default WORK/results.md)")
+    parser.add_argument("--detector", choices=DETECTORS, default=DEFAULT_DETECTOR, help="face detector (default %(default)s)")
+    parser.add_argument("--fixtures", type=Path, default=FIXTURE_DIR, help="folder of talk_*.mp4 fixture clips (default %(default)s)")
+    args = parser.parse_args(argv)
+    if args.minutes <= 0 or args.long_minutes <= 0:
+        parser.error("--minutes and --long-minutes must be > 0")
+    return args
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    command = ["python", *sys.argv] if argv is None else ["python", "bench/prep.py", *argv]
+    os.environ.update(WORKER_ENV)  # the floors and the child run with the Ray workers' settings
+    import cv2
+
+    cv2.setNumThreads(1)  # as prepare_shard does in every worker
+
+    work = (args.work or Path(tempfile.mkdtemp(prefix="cals-bench-prep-"))).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    results = args.results or work / "results.md"
+    fixtures = sorted(args.fixtures.glob(FIXTURE_GLOB))
+    if not fixtures:
+        print(f"no {FIXTURE_GLOB} in {args.fixtures}", file=sys.stderr)
+        return 2
+
+    print(f"[bench] work folder {work}", file=sys.stderr)
+    corpus = work / "corpus"
+    clip_s = build_corpus(fixtures, corpus, args.minutes)
+    paths = corpus_videos(corpus)
+    report = Report(header=report_header(command, work))
+    add_corpus_rows(report, paths, clip_s)
+
+    print("[bench] floors", file=sys.stderr)
+    decode = measure_decode(paths)
+    detect = measure_decode_detect(paths, args.detector)
+    add_floor_rows(report, decode, detect, args.detector)
+
+    print("[bench] end to end, 1 then 2 workers", file=sys.stderr)
+    one = measure_end_to_end(corpus, work / "out_w1", 1, args.detector, command)
+    two = measure_end_to_end(corpus, work / "out_w2", 2, args.detector, command)
+    add_end_to_end_rows(report, one, two, detect)
+
+    if args.skip_long:
+        report.notes.append("long-clip memory test skipped (--skip-long)")
+    else:
+        print(f"[bench] long clip ({args.long_minutes:g} min, {LONG_WIDTH}x{LONG_HEIGHT})", file=sys.stderr)
+        long_path = build_long_clip(args.fixtures / LONG_SOURCE, work / "long", args.long_minutes)
+        add_long_rows(report, measure_long_clip(long_path, args.detector), args.long_minutes)
+
+    report.notes.append(
+        "per core = frames/s divided by Ray workers; ffmpeg decodes in its own process with its own "
+        "threads, so a 'core' here is one Python worker, not one hardware thread"
+    )
+    text = report.markdown()
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(text, encoding="utf-8")
+    print(text)
+    print(f"[bench] results written to {results}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
