@@ -165,6 +165,7 @@ class Report:
 
 
 def verdict(ok: bool) -> str:
+    """PASS or MISS."""
     return "PASS" if ok else "MISS"
 
 
@@ -381,15 +382,18 @@ def report_header(command: list[str], work: Path) -> list[str]:
 
 
 def per_core(throughput: Throughput, cores: int) -> str:
+    """``X frames/s (Y per core)`` with Y = X / cores."""
     return f"{throughput.fps:.1f} frames/s ({throughput.fps / cores:.1f} per core)"
 
 
 def add_corpus_rows(report: Report, paths: list[Path], clip_s: float) -> None:
+    """Minutes of video the corpus actually holds (ffprobe durations)."""
     total_s = sum(probe(p).duration_s for p in paths)
     report.add("corpus (looped fixtures)", f"{total_s / 60:.2f} min", f"{len(paths)} clips x {clip_s:.0f} s")
 
 
 def add_floor_rows(report: Report, decode: Throughput, detect: Throughput, detector_name: str) -> None:
+    """The two single-process floors."""
     report.add("floor 1: decode only", per_core(decode, 1), f"{decode.frames} frames in {decode.seconds:.1f} s, 1 process")
     report.add(
         f"floor 2: decode + detect ({detector_name})",
@@ -469,6 +473,7 @@ def add_long_rows(report: Report, long_clip: LongClip, minutes: float) -> None:
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """The command line (see --help)."""
     parser = argparse.ArgumentParser(
         description="Benchmark cals-prep: decode/detect floors, end to end on 1 and 2 Ray workers, "
         "shard bytes per frame, peak RSS on a long 720p clip.",
@@ -487,6 +492,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Build the inputs, measure everything, print and write the table. Returns the exit code."""
     args = parse_args(argv)
     command = ["python", *sys.argv] if argv is None else ["python", "bench/prep.py", *argv]
     os.environ.update(WORKER_ENV)  # the floors and the child run with the Ray workers' settings

@@ -36,12 +36,13 @@ from pipeline.shard_writer import PARTS_DIR, ShardPlan, part_path, prepare_shard
 log = logging.getLogger(__name__)
 
 #: Planning estimate of shard bytes per video frame (JPEG q95 crop ~7.8 kB + FLAC + mel + rest).
-BYTES_PER_FRAME_ESTIMATE = 10_000
+BYTES_PER_FRAME_ESTIMATE = 8_500
 #: Clips probed (a fixed, hash-chosen sample) to estimate the mean clip duration for planning.
 PLAN_PROBE_CLIPS = 32
-#: Memory Ray reserves per shard task, so a node never runs more tasks than it can hold.
+#: Memory Ray reserves per shard worker, so a node never runs more workers than it can hold
+#: (measured peak on a 10-minute 720p clip: see BENCHMARKS.md).
 TASK_MEMORY_BYTES = 1_500 * 1024**2
-#: Times Ray re-runs a shard task whose worker process died.
+#: Times Ray restarts a shard worker whose process died, and re-runs its shard.
 TASK_MAX_RETRIES = 2
 #: Environment of Ray workers: quiet native logs, one BLAS/OpenMP thread per task.
 WORKER_ENV = {"GLOG_minloglevel": "2", "TF_CPP_MIN_LOG_LEVEL": "3", "OMP_NUM_THREADS": "1"}
@@ -108,6 +109,9 @@ class RunSummary:
     wall_s: float
     shards_done: int
     shards_skipped: int
+    plan_s: float = 0.0  # listing, probing for the shard plan, resume checks
+    ray_start_s: float = 0.0  # ray.init (0 when Ray was already up or nothing was to do)
+    process_s: float = 0.0  # the actor pool working through the shards
     failures: Counter = field(default_factory=Counter)
 
     @property
@@ -133,22 +137,37 @@ class RunSummary:
         table.add_row("hours out", f"{hours_out:.3f}")
         table.add_row("shards written / already complete", f"{self.shards_done} / {self.shards_skipped}")
         table.add_row("wall time", f"{self.wall_s:.1f} s")
-        table.add_row("frames/s", f"{self.frames / max(self.wall_s, 1e-9):.1f}")
+        table.add_row("frames/s (whole run / processing only)", f"{self.frames / max(self.wall_s, 1e-9):.1f} / {self.frames / max(self.process_s, 1e-9):.1f}")
         return table
 
 
-def _ray_shard_task():
-    """The Ray remote function (built lazily so importing this module does not import Ray)."""
+def _shard_worker_class():
+    """The Ray actor class (built lazily so importing this module does not import Ray).
+
+    One actor per CPU loads the detector once (``__init__``) and prepares shard after shard: the
+    Ray Data shape of "a model as a callable class on an actor pool". The driver replaces an
+    actor whose process died and re-queues its shard (at most TASK_MAX_RETRIES times).
+    """
     import ray
 
-    @ray.remote(num_cpus=1, memory=TASK_MEMORY_BYTES, max_retries=TASK_MAX_RETRIES)
-    def prepare_shard_task(plan, out_dir, params, progress_actor, fail_fast):
-        def report(clips, frames, failed):
-            progress_actor.add.remote(clips, frames, failed)
+    @ray.remote(num_cpus=1, memory=TASK_MEMORY_BYTES)
+    class ShardWorker:
+        def __init__(self, out_dir: str, params: PrepParams, progress_actor, fail_fast: bool) -> None:
+            from pipeline.stages.detect import make_detector
 
-        return prepare_shard(plan, Path(out_dir), params, report, fail_fast)
+            self.out_dir = Path(out_dir)
+            self.params = params
+            self.fail_fast = fail_fast
+            self.progress_actor = progress_actor
+            self.detector = make_detector(params.detector, params.mediapipe_model)
 
-    return prepare_shard_task
+        def __call__(self, plan: ShardPlan) -> list[dict[str, Any]]:
+            def report(clips: int, frames: int, failed: int) -> None:
+                self.progress_actor.add.remote(clips, frames, failed)
+
+            return prepare_shard(plan, self.out_dir, self.params, report, self.fail_fast, self.detector)
+
+    return ShardWorker
 
 
 def _progress_actor():
@@ -216,14 +235,20 @@ def run_prep(
     }
     _atomic_write_json(prep_info, out_dir / PREP_FILE)
 
+    plan_s = time.time() - started
+    if show_progress and len(todo) < len(plans):
+        Console(stderr=True).print(f"resuming {out_dir}: {len(plans) - len(todo)} of {len(plans)} shards already complete, {len(todo)} to do")
     started_ray = False
     failed_tasks: dict[str, tuple[str, str]] = {}
+    ray_start_s = process_s = 0.0
     if todo:
+        ray_started = time.time()
         if not ray.is_initialized():
             init_args: dict[str, Any] = dict(
                 logging_level=logging.WARNING,
                 runtime_env={"env_vars": WORKER_ENV},
                 configure_logging=True,
+                log_to_driver=False,  # worker logs stay in Ray's session log folder; failures reach the manifest
             )
             if address:
                 ray.init(address=address, **init_args)
@@ -231,7 +256,10 @@ def run_prep(
                 ray.init(num_cpus=workers or os.cpu_count(), include_dashboard=False, **init_args)
             started_ray = True
         try:
-            failed_tasks = _run_tasks(todo, out_dir, params, fail_fast, show_progress, len(all_clips) - sum(len(p.clips) for p in todo), len(all_clips))
+            ray_start_s = time.time() - ray_started
+            process_started = time.time()
+            failed_tasks = _run_tasks(todo, out_dir, params, fail_fast, show_progress, len(all_clips) - sum(len(p.clips) for p in todo), len(all_clips), workers)
+            process_s = time.time() - process_started
         finally:
             if started_ray:
                 ray.shutdown()
@@ -251,6 +279,9 @@ def run_prep(
         wall_s=time.time() - started,
         shards_done=len(todo),
         shards_skipped=len(plans) - len(todo),
+        plan_s=plan_s,
+        ray_start_s=ray_start_s,
+        process_s=process_s,
         failures=Counter(r["reason"] for r in rows if r["status"] != "ok"),
     )
     prep_info["summary"] = {
@@ -258,6 +289,8 @@ def run_prep(
         "clips_failed": dict(summary.failures),
         "frames": summary.frames,
         "wall_s": round(summary.wall_s, 3),
+        "ray_start_s": round(summary.ray_start_s, 3),
+        "process_s": round(summary.process_s, 3),
     }
     _atomic_write_json(prep_info, out_dir / PREP_FILE)
     if show_progress:
@@ -266,24 +299,39 @@ def run_prep(
 
 
 def _task_failure(error: Exception) -> tuple[str, str]:
-    """(reason, detail) for a shard task Ray gave up on."""
+    """(reason, detail) for a shard Ray gave up on."""
     import ray
 
-    crashed = isinstance(error, (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError))
+    crashed = isinstance(error, (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError))
     lines = [line for line in str(error).splitlines() if line.strip()]
     return ("worker_crash" if crashed else "internal_error", (lines[-1] if lines else type(error).__name__)[:500])
 
 
-def _run_tasks(todo, out_dir, params, fail_fast, show_progress, already_done, total) -> dict[str, tuple[str, str]]:
-    """Run shard tasks with a progress bar; returns shard name → (reason, detail) of tasks that failed."""
+def _run_tasks(todo, out_dir, params, fail_fast, show_progress, already_done, total, workers) -> dict[str, tuple[str, str]]:
+    """Feed shards to an actor pool with a progress bar; returns shard → (reason, detail) of failures."""
+    from collections import deque
+
     import ray
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     failed_tasks: dict[str, tuple[str, str]] = {}
-    task = _ray_shard_task()
+    worker_class = _shard_worker_class()
     progress_actor = _progress_actor()
-    pending = {task.remote(p, str(out_dir), params, progress_actor, fail_fast): p for p in todo}
+    size = max(1, min(len(todo), workers or int(ray.cluster_resources().get("CPU", 1))))
+    make_actor = lambda: worker_class.remote(str(out_dir), params, progress_actor, fail_fast)  # noqa: E731
+    actors = [make_actor() for _ in range(size)]
+    queue = deque(todo)
+    attempts: Counter = Counter()
+    in_flight: dict[Any, tuple[int, ShardPlan]] = {}
+
+    def submit(slot: int) -> None:
+        if queue:
+            plan = queue.popleft()
+            in_flight[actors[slot].__call__.remote(plan)] = (slot, plan)
+
+    for slot in range(size):
+        submit(slot)
     columns = [
         TextColumn("[bold]clips"),
         BarColumn(),
@@ -294,17 +342,25 @@ def _run_tasks(todo, out_dir, params, fail_fast, show_progress, already_done, to
     started = time.time()
     with Progress(*columns, console=Console(stderr=True), disable=not show_progress, transient=False) as bar:
         bar_id = bar.add_task("prep", total=total, completed=already_done, fps=0.0, failed=0)
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0.5)
+        while in_flight:
+            done, _ = ray.wait(list(in_flight), num_returns=len(in_flight), timeout=0.5)
             for ref in done:
-                plan = pending.pop(ref)
+                slot, plan = in_flight.pop(ref)
                 try:
                     ray.get(ref)
                 except ray.exceptions.RayError as error:
                     if fail_fast:
                         raise
+                    if isinstance(error, ray.exceptions.RayActorError):
+                        actors[slot] = make_actor()  # the process died: a fresh worker takes the slot
+                        attempts[plan.name] += 1
+                        if attempts[plan.name] <= TASK_MAX_RETRIES:
+                            queue.appendleft(plan)
+                            submit(slot)
+                            continue
                     failed_tasks[plan.name] = _task_failure(error)
                     log.error("shard %s failed: %s", plan.name, failed_tasks[plan.name][1])
+                submit(slot)
             clips, frames, failed = ray.get(progress_actor.snapshot.remote())
             bar.update(bar_id, completed=already_done + clips, fps=frames / max(time.time() - started, 1e-9), failed=failed)
     return failed_tasks

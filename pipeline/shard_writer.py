@@ -21,7 +21,7 @@ import webdataset as wds
 from pipeline.clip import PrepParams, process_clip
 from pipeline.errors import ClipError
 from pipeline.manifest import ClipSource, atomic_write_parquet, manifest_row
-from pipeline.stages.detect import make_detector
+from pipeline.stages.detect import Detector, make_detector
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +57,11 @@ def prepare_shard(
     params: PrepParams,
     progress: Optional[ProgressFn] = None,
     fail_fast: bool = False,
+    detector: Optional[Detector] = None,
 ) -> list[dict[str, Any]]:
     """Process ``plan``'s clips into ``out_dir/<plan.name>.tar``; return its manifest rows.
+
+    ``detector`` is reused when given (an actor's model, loaded once); else one is built here.
 
     A clip that raises ClipError is recorded with its reason; any other exception is recorded as
     ``internal_error`` with its type and message (``fail_fast`` re-raises instead). The tar
@@ -71,7 +74,9 @@ def prepare_shard(
     (out_dir / PARTS_DIR).mkdir(parents=True, exist_ok=True)
     final_tar = out_dir / f"{plan.name}.tar"
     tmp_tar = out_dir / f".{plan.name}.tar.tmp-{uuid.uuid4().hex[:8]}"
-    detector = make_detector(params.detector, params.mediapipe_model)
+    own_detector = detector is None
+    if detector is None:
+        detector = make_detector(params.detector, params.mediapipe_model)
     rows, written = [], 0
     try:
         with open(tmp_tar, "wb") as stream, wds.TarWriter(stream, mtime=0, user="cals", group="cals", encoder=False) as tar:
@@ -98,7 +103,8 @@ def prepare_shard(
         tmp_tar.unlink(missing_ok=True)
         raise
     finally:
-        detector.close()
+        if own_detector:
+            detector.close()
     if written:
         atomic_write_parquet(rows, part_path(out_dir, plan.name))
         _fsync_replace(tmp_tar, final_tar)
