@@ -31,3 +31,38 @@ LIP_WINDOW_FRAMES: Final[int] = 5
 
 assert AUDIO_SAMPLES_PER_FRAME * FPS == SAMPLE_RATE, "sample rate must be a multiple of fps"
 assert MEL_ROWS_PER_FRAME * MEL_HOP == AUDIO_SAMPLES_PER_FRAME, "hop must divide samples/frame"
+
+# --- SyncNet scorer (syncnet_python's released syncnet_v2.model and its MFCC front end) ---
+
+#: Side of the square frames SyncNet's lip stream reads, pixels.
+SYNCNET_FRAME_SIZE: Final[int] = 224
+#: Length of SyncNet's audio and lip embeddings.
+SYNCNET_EMBED_DIM: Final[int] = 1024
+#: Largest audio/video shift the scorer searches, video frames either way (syncnet_python's
+#: ``--vshift`` default): 2 * 15 + 1 = 31 candidate offsets.
+SYNCNET_VSHIFT: Final[int] = 15
+#: Windows per forward pass (syncnet_python's ``--batch_size`` default).
+SYNCNET_BATCH_SIZE: Final[int] = 20
+#: ``eps`` that torch.nn.functional.pairwise_distance adds to the difference before the norm.
+SYNCNET_PAIRWISE_EPS: Final[float] = 1e-6
+
+#: MFCC analysis window, samples (25 ms at 16 kHz; python_speech_features' ``winlen=0.025``).
+MFCC_WINDOW: Final[int] = 400
+#: MFCC hop, samples (10 ms at 16 kHz; ``winstep=0.01``): 100 MFCC rows per second.
+MFCC_HOP: Final[int] = 160
+#: MFCC FFT size (the next power of two above the window; ``nfft=512``).
+MFCC_N_FFT: Final[int] = 512
+#: Triangular filters of the MFCC filterbank (``nfilt=26``).
+MFCC_N_FILTERS: Final[int] = 26
+#: Cepstral coefficients kept (``numcep=13``).
+MFCC_N_CEPS: Final[int] = 13
+#: Cepstral lifter coefficient (``ceplifter=22``).
+MFCC_LIFTER: Final[int] = 22
+#: Pre-emphasis coefficient of the MFCC front end (``preemph=0.97``).
+MFCC_PREEMPHASIS: Final[float] = 0.97
+#: MFCC rows per video frame: 640 / 160 = 4 (row 4t starts at frame t's first sample).
+MFCC_ROWS_PER_FRAME: Final[int] = AUDIO_SAMPLES_PER_FRAME // MFCC_HOP
+#: MFCC rows of one SyncNet audio window (5 frames x 4 = 20 rows, 0.2 s).
+SYNCNET_MFCC_ROWS: Final[int] = LIP_WINDOW_FRAMES * MFCC_ROWS_PER_FRAME
+
+assert MFCC_ROWS_PER_FRAME * MFCC_HOP == AUDIO_SAMPLES_PER_FRAME, "MFCC hop must divide samples/frame"

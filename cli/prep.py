@@ -1,18 +1,25 @@
-"""``cals-prep``: prepare talking-face corpora into WebDataset shards, verify and inspect them."""
+"""``cals-prep``: prepare talking-face corpora into WebDataset shards, verify and inspect them.
+
+Each corpus command (``folder``, ``lrs2``, ...) declares only its own options; the options every
+prep run shares (output, detector, crop, Ray, resume) are added by :func:`prep_command`, so
+each command stays "options plus one library call".
+"""
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
+import typing
 import uuid
 from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import typer
 from rich.console import Console
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0])
 err = Console(stderr=True)
 
 
@@ -45,13 +52,11 @@ def writable_dir(path: Path) -> Path:
     return path
 
 
-@app.command()
-def folder(
-    root: Path = typer.Option(..., "--root", help="Folder of videos (mp4 avi mkv mov webm); speaker = parent folder name."),
+def _common_options(
     out: Path = typer.Option(Path("shards"), "--out", help="Output folder; the dataset goes to OUT/NAME/."),
-    name: Optional[str] = typer.Option(None, "--name", help="Dataset folder name [default: the root folder's name]."),
-    val: float = typer.Option(0.05, "--val", help="Share of speakers in the val split (speaker-hashed)."),
-    test: float = typer.Option(0.05, "--test", help="Share of speakers in the test split (speaker-hashed)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Dataset folder name [default: the corpus's name]."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N clips of each split (by key): try a recipe on a small part first."),
+    speakers: Optional[str] = typer.Option(None, "--speakers", help="Only these speakers (comma-separated ids)."),
     detector: DetectorName = typer.Option(DetectorName.mediapipe, "--detector", help="Face detector: mediapipe, sfd (S3FD weights in the torch hub cache) or none (centre square)."),
     mediapipe_model: MediapipeModel = typer.Option(MediapipeModel.short, "--mediapipe-model", help="short: faces within ~2 m (fast); full: small/distant faces."),
     detect_every: int = typer.Option(1, "--detect-every", min=1, help="Run the detector on every k-th frame; boxes in between are interpolated."),
@@ -64,20 +69,66 @@ def folder(
     shard_mb: float = typer.Option(500.0, "--shard-mb", min=0.001, help="Target shard size in MB (planned from probed clip durations)."),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Ray CPUs for a local run [default: all cores]."),
     address: Optional[str] = typer.Option(None, "--address", help="Join an existing Ray cluster ('auto' or ray://host:port); OUT must be visible to every node."),
+    force: bool = typer.Option(False, "--force", help="Accept an output folder prepared from other inputs or parameters (redo what differs)."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Redo the shards holding clips that failed for a transient reason (worker_crash, internal_error)."),
     fail_fast: bool = typer.Option(False, "--fail-fast", help="Stop at the first unexpected error instead of recording it (debugging)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar or summary table."),
 ) -> None:
-    """Prepare any folder of talking-face videos into OUT/NAME/ shards + manifest.parquet + prep.json."""
+    """Template: its parameters are the options every prep command shares."""
+
+
+def keyword_parameters(function: Callable) -> list[inspect.Parameter]:
+    """``function``'s parameters, keyword-only, with annotations resolved to types (Typer needs
+    real types; this module's annotations are strings)."""
+    hints = typing.get_type_hints(function)
+    return [
+        p.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=hints.get(p.name, p.annotation))
+        for p in inspect.signature(function).parameters.values()
+    ]
+
+
+COMMON_PARAMETERS = keyword_parameters(_common_options)
+
+Recipe = Callable[..., tuple[dict, str]]
+
+
+def prep_command(command_name: str) -> Callable[[Recipe], Recipe]:
+    """Register a corpus command: the decorated function takes the corpus's own options and
+    returns ``(clips_by_split, default_dataset_name)``; the shared options and the run are added."""
+
+    def decorator(recipe: Recipe) -> Recipe:
+        own = keyword_parameters(recipe)
+        common_names = {p.name for p in COMMON_PARAMETERS}
+
+        def command(**options) -> None:
+            common = {k: options.pop(k) for k in list(options) if k in common_names}
+            try:
+                clips, default_name = recipe(**options)
+            except (FileNotFoundError, ValueError) as error:
+                fail(str(error))
+            run_recipe(clips, common.pop("name") or default_name, **common)
+
+        command.__signature__ = inspect.Signature([*own, *COMMON_PARAMETERS])
+        command.__doc__ = recipe.__doc__
+        command.__name__ = command_name
+        app.command(command_name)(command)
+        return recipe
+
+    return decorator
+
+
+def run_recipe(clips: dict, dataset_name: str, *, out: Path, limit, speakers, detector, mediapipe_model, detect_every,
+               min_frames, min_face_ratio, lossless, jpeg_quality, crop_margin, smooth_frames, shard_mb, workers,
+               address, force, retry_failed, fail_fast, quiet) -> None:
+    """The run every corpus command ends in: filter, check, prepare, summarise."""
     from pipeline.clip import PrepParams
-    from pipeline.recipes.folder import prepare_folder
-    from pipeline.run import run_prep
+    from pipeline.recipes import select_clips
+    from pipeline.run import OutputMismatch, run_prep
     from pipeline.stages.crop import CropParams
     from pipeline.stages.track import TrackParams
 
-    if not root.is_dir():
-        fail(f"--root {root} does not exist or is not a folder")
     try:
-        clips = prepare_folder(root, name=name, val=val, test=test)
+        clips = select_clips(clips, limit=limit, speakers=speakers.split(",") if speakers else None)
         params = PrepParams(
             detector=detector.value,
             mediapipe_model=mediapipe_model.value,
@@ -92,7 +143,7 @@ def folder(
     except ValueError as error:
         fail(str(error))
     if not any(clips.values()):
-        fail(f"no video files (.mp4 .avi .mkv .mov .webm) under {root}")
+        fail("no clips to prepare (empty corpus, or --limit/--speakers selected none)")
     if detector == DetectorName.sfd:
         from pipeline.stages.detect import SfdDetector
 
@@ -100,21 +151,43 @@ def folder(
             SfdDetector().close()
         except (FileNotFoundError, ImportError) as error:
             fail(str(error))
-    dataset_dir = writable_dir(out) / (name or root.resolve().name)
+    dataset_dir = writable_dir(out) / dataset_name
     writable_dir(dataset_dir)
-    summary = run_prep(
-        clips,
-        dataset_dir,
-        params,
-        shard_mb=shard_mb,
-        workers=workers,
-        address=address,
-        fail_fast=fail_fast,
-        show_progress=not quiet,
-        command=["cals-prep", *sys.argv[1:]],
-    )
+    try:
+        summary = run_prep(
+            clips,
+            dataset_dir,
+            params,
+            shard_mb=shard_mb,
+            workers=workers,
+            address=address,
+            fail_fast=fail_fast,
+            show_progress=not quiet,
+            force=force,
+            retry_failed=retry_failed,
+            command=["cals-prep", *sys.argv[1:]],
+        )
+    except OutputMismatch as error:
+        fail(str(error))
     if summary.ok == 0:
         fail(f"no clip could be prepared; see {dataset_dir / 'manifest.parquet'} for the reasons", code=1)
+
+
+@prep_command("folder")
+def folder(
+    root: Path = typer.Option(..., "--root", help="Folder of videos (mp4 avi mkv mov webm), searched recursively; speaker = parent folder name."),
+    val: float = typer.Option(0.05, "--val", help="Share of speakers in the val split (speaker-hashed)."),
+    test: float = typer.Option(0.05, "--test", help="Share of speakers in the test split (speaker-hashed)."),
+):
+    """Prepare any folder of talking-face videos into OUT/NAME/ shards + manifest.parquet + prep.json."""
+    from pipeline.recipes.folder import prepare_folder
+
+    if not root.is_dir():
+        raise FileNotFoundError(f"--root {root} does not exist or is not a folder")
+    clips = prepare_folder(root, val=val, test=test)
+    if not any(clips.values()):
+        raise FileNotFoundError(f"no video files (.mp4 .avi .mkv .mov .webm) under {root}")
+    return clips, root.resolve().name
 
 
 @app.command()
@@ -139,7 +212,7 @@ def verify(
 
 
 @app.command()
-def inspect(
+def inspect_(
     dataset: Path = typer.Argument(..., help="A dataset folder written by cals-prep (OUT/NAME)."),
     png: Path = typer.Option(Path("sheet.png"), "--png", help="Where to write the contact sheet."),
     samples: int = typer.Option(8, "--samples", min=1, help="Samples (rows) on the sheet."),
@@ -167,6 +240,10 @@ def inspect(
         if len(failed):
             Console().print(failed.groupby("reason").size().rename("failed clips").to_string())
     Console().print(f"contact sheet: {path}", highlight=False)
+
+
+inspect_.__name__ = "inspect"
+app.registered_commands[-1].name = "inspect"
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ from cals.mel import MEL_PARAMS, log_mel
 from cals.shard_format import JPEG_QUALITY_DEFAULT, encode_frames, pack_sample
 from pipeline import PIPELINE_VERSION
 from pipeline.errors import ClipError
-from pipeline.io import MediaInfo, iter_frames, probe, read_audio
+from pipeline.io import MediaInfo, Window, iter_frames, probe, read_audio
 from pipeline.manifest import ClipSource
 from pipeline.stages.crop import CropParams, crop_frame, crop_square
 from pipeline.stages.detect import Detection, Detector
@@ -102,18 +102,25 @@ class ClipResult:
 def process_clip(source: ClipSource, params: PrepParams, detector: Detector) -> ClipResult:
     """Prepare one clip. Raises ClipError with a reason for any input it cannot use."""
     info: MediaInfo = probe(source.path)
+    window = Window(source.start_s, source.end_s, tuple(source.crop) if source.crop else None)
+    try:
+        info.check(window)
+    except ValueError as error:
+        raise ClipError("bad_window", str(error)) from None
     if not info.has_audio:
         raise ClipError("no_audio", "the file has no audio stream")
-    if info.video_duration_s and info.expected_frames < params.min_frames:
-        raise ClipError("too_short", f"{info.expected_frames} frames at {FPS} fps < --min-frames {params.min_frames}")
-    audio = read_audio(info)
+    expected = info.frames_in(window)
+    if info.video_duration_s and expected < params.min_frames:
+        raise ClipError("too_short", f"{expected} frames at {FPS} fps < --min-frames {params.min_frames}")
+    audio = read_audio(info, window)
 
+    offset_x, offset_y = (window.crop[0], window.crop[1]) if window.crop else (0, 0)  # boxes in source pixels
     crops_encoded: list[bytes] = []
     boxes: list[tuple[float, float, float, float]] = []
     scores: list[float] = []
     faces_seen = 0
     examined = 0
-    stream = _detected_stream(iter_frames(info), detector, params.detect_every)
+    stream = _detected_stream(iter_frames(info, window), detector, params.detect_every)
     if detector.name == "none":
         tracked = (
             (frame, dets[0].box if dets else None, 1.0, 1) for frame, dets in stream
@@ -125,7 +132,7 @@ def process_clip(source: ClipSource, params: PrepParams, detector: Detector) -> 
         square = box if detector.name == "none" else crop_square(box, width, height, params.crop)
         crop = crop_frame(frame, square, params.crop.size)
         crops_encoded.extend(encode_frames(crop[None], params.codec, params.jpeg_quality))
-        boxes.append(square)
+        boxes.append((square[0] + offset_x, square[1] + offset_y, square[2] + offset_x, square[3] + offset_y))
         scores.append(score)
         if faces >= 0:
             examined += 1
@@ -134,8 +141,8 @@ def process_clip(source: ClipSource, params: PrepParams, detector: Detector) -> 
     num_frames = len(crops_encoded)
     if num_frames == 0:
         raise ClipError("decode_error", "ffmpeg produced no frames")
-    if info.video_duration_s and num_frames < TRUNCATION_RATIO * info.expected_frames - 1:
-        raise ClipError("truncated", f"decoded {num_frames} of {info.expected_frames} frames promised by the container")
+    if info.video_duration_s and num_frames < TRUNCATION_RATIO * expected - 1:
+        raise ClipError("truncated", f"decoded {num_frames} of {expected} frames promised by the container")
     if num_frames < params.min_frames:
         raise ClipError("too_short", f"{num_frames} frames < --min-frames {params.min_frames}")
     detected = int(np.count_nonzero(scores))
@@ -169,6 +176,9 @@ def process_clip(source: ClipSource, params: PrepParams, detector: Detector) -> 
         speaker=source.speaker,
         transcript=source.transcript,
         extra=source.extra,
+        source_start_s=source.start_s,
+        source_end_s=source.end_s,
+        source_crop=list(source.crop) if source.crop else None,
         source_fps=info.fps,
         source_width=info.width,
         source_height=info.height,

@@ -7,6 +7,7 @@ REASONS = {
     "empty_file": "the file has zero bytes",
     "unreadable": "ffprobe cannot read the container (not a video, truncated header, bad file)",
     "no_video": "the file has no video stream",
+    "bad_window": "the clip's annotated span or crop does not fit the video",
     "no_audio": "the file has no audio stream",
     "decode_error": "ffmpeg failed while decoding",
     "truncated": "ffmpeg decoded far fewer frames than the container's duration promises",

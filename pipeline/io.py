@@ -18,13 +18,39 @@ import threading
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 import ffmpeg
 import numpy as np
 
 from cals.constants import FPS, SAMPLE_RATE
 from pipeline.errors import ClipError
+
+
+@dataclass(frozen=True)
+class Window:
+    """The part of a source to read: a time span and a crop.
+
+    ``start_s``/``end_s`` in seconds on the container clock (None: start / end of file);
+    ``crop`` = ``(x, y, width, height)`` in source pixels (None: the whole frame).
+    """
+
+    start_s: Optional[float] = None
+    end_s: Optional[float] = None
+    crop: Optional[tuple[int, int, int, int]] = None
+
+    def input_options(self) -> dict[str, str]:
+        """ffmpeg input options (accurate seek: ffmpeg decodes from the previous keyframe and
+        drops frames before ``start_s``; timestamps then restart at 0)."""
+        options = {}
+        if self.start_s:
+            options["ss"] = f"{self.start_s:.6f}"
+        if self.end_s is not None:
+            options["t"] = f"{self.end_s - (self.start_s or 0.0):.6f}"
+        return options
+
+
+FULL = Window()
 
 
 @dataclass(frozen=True)
@@ -47,6 +73,24 @@ class MediaInfo:
         """Frames at 25 fps the video stream's duration promises (the container's duration may
         be longer when the audio outlasts the video)."""
         return int(round(self.video_duration_s * FPS))
+
+    def frames_in(self, window: Window) -> int:
+        """Frames at 25 fps the video promises inside ``window``."""
+        end = self.video_duration_s if window.end_s is None else min(window.end_s, self.video_duration_s)
+        return max(0, int(round((end - (window.start_s or 0.0)) * FPS)))
+
+    def frame_size(self, window: Window) -> tuple[int, int]:
+        """(width, height) of the frames read through ``window``."""
+        return (window.crop[2], window.crop[3]) if window.crop else (self.width, self.height)
+
+    def check(self, window: Window) -> None:
+        """Raise ValueError if ``window`` does not fit this video."""
+        if window.crop:
+            x, y, w, h = window.crop
+            if w <= 0 or h <= 0 or x < 0 or y < 0 or x + w > self.width or y + h > self.height:
+                raise ValueError(f"crop {window.crop} does not fit a {self.width}x{self.height} video")
+        if window.start_s is not None and window.end_s is not None and window.end_s <= window.start_s:
+            raise ValueError(f"span {window.start_s}..{window.end_s} s is empty")
 
 
 def ffmpeg_input(path: str | Path) -> str:
@@ -125,29 +169,34 @@ class _StderrDrain(threading.Thread):
 DECODE_THREADS = 2
 
 
-def iter_frames(info: MediaInfo, threads: int = DECODE_THREADS) -> Iterator[np.ndarray]:
-    """Stream the video as ``(H, W, 3)`` uint8 RGB frames at exactly 25 fps, one at a time.
+def iter_frames(info: MediaInfo, window: Window = FULL, threads: int = DECODE_THREADS) -> Iterator[np.ndarray]:
+    """Stream the video (inside ``window``) as ``(H, W, 3)`` uint8 RGB frames at exactly 25 fps,
+    one at a time.
 
     Memory stays at one frame (plus ffmpeg's pipe buffer) whatever the clip length.
     ``threads`` is ffmpeg's decoder thread count (0 = ffmpeg's automatic choice).
     Raises ClipError("decode_error") if ffmpeg exits non-zero.
     """
+    stream = ffmpeg.input(ffmpeg_input(info.path), threads=threads, **window.input_options()).video
+    if window.crop:
+        x, y, w, h = window.crop
+        stream = stream.filter("crop", w, h, x, y)
     process = (
-        ffmpeg.input(ffmpeg_input(info.path), threads=threads)
-        .video.filter("fps", fps=FPS, start_time=0)
+        stream.filter("fps", fps=FPS, start_time=0)
         .output("pipe:", format="rawvideo", pix_fmt="rgb24")
         .global_args("-nostdin", "-v", "error")
         .run_async(pipe_stdout=True, pipe_stderr=True)
     )
     drain = _StderrDrain(process.stderr)
     drain.start()
-    frame_bytes = info.width * info.height * 3
+    width, height = info.frame_size(window)
+    frame_bytes = width * height * 3
     try:
         while True:
             buffer = process.stdout.read(frame_bytes)
             if len(buffer) < frame_bytes:
                 break
-            yield np.frombuffer(buffer, np.uint8).reshape(info.height, info.width, 3)
+            yield np.frombuffer(buffer, np.uint8).reshape(height, width, 3)
     finally:
         process.stdout.close()
         if process.poll() is None:
@@ -158,15 +207,16 @@ def iter_frames(info: MediaInfo, threads: int = DECODE_THREADS) -> Iterator[np.n
         raise ClipError("decode_error", _first_line(drain.text()) or f"ffmpeg exit code {returncode}")
 
 
-def read_audio(info: MediaInfo) -> np.ndarray:
-    """Whole audio track as ``(N,)`` int16 mono at 16 kHz (ffmpeg's downmix and resampler).
+def read_audio(info: MediaInfo, window: Window = FULL) -> np.ndarray:
+    """The audio track (inside ``window``'s span) as ``(N,)`` int16 mono at 16 kHz (ffmpeg's
+    downmix and resampler).
 
     Raises ClipError("no_audio") without an audio stream, ("decode_error") if ffmpeg fails.
     """
     if not info.has_audio:
         raise ClipError("no_audio", "the file has no audio stream")
     command = (
-        ffmpeg.input(ffmpeg_input(info.path))
+        ffmpeg.input(ffmpeg_input(info.path), **window.input_options())
         .audio.filter("aresample", **{"async": 1, "first_pts": 0})
         .output("pipe:", format="s16le", acodec="pcm_s16le", ac=1, ar=SAMPLE_RATE)
         .global_args("-nostdin", "-v", "error")

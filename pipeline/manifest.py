@@ -28,6 +28,10 @@ class ClipSource:
         speaker: speaker id (no speaker crosses splits).
         transcript: utterance text when the corpus has one.
         extra: corpus-specific metadata (labels, word timings), copied into the sample json.
+        start_s, end_s: the span of the source to prepare, seconds (None: from the start / to
+            the end). HDTF's annotated spans, for instance.
+        crop: ``(x, y, width, height)`` in source pixels applied before detection (None: the
+            whole frame). HDTF's annotated crops, for instance.
     """
 
     key: str
@@ -37,6 +41,9 @@ class ClipSource:
     speaker: str
     transcript: Optional[str] = None
     extra: dict[str, Any] = field(default_factory=dict)
+    start_s: Optional[float] = None
+    end_s: Optional[float] = None
+    crop: Optional[tuple[int, int, int, int]] = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -93,9 +100,11 @@ def manifest_row(source: ClipSource, **fields: Any) -> dict[str, Any]:
     return row
 
 
-def atomic_write_parquet(rows: Iterable[dict[str, Any]], path: Path) -> None:
-    """Write rows with :data:`MANIFEST_SCHEMA` to a temp file beside ``path``, then rename."""
-    table = pa.Table.from_pylist(list(rows), schema=MANIFEST_SCHEMA)
+def atomic_write_parquet(rows: Iterable[dict[str, Any]], path: Path, metadata: Optional[dict[str, str]] = None) -> None:
+    """Write rows with :data:`MANIFEST_SCHEMA` (plus key/value ``metadata``) to a temp file
+    beside ``path``, then rename."""
+    schema = MANIFEST_SCHEMA.with_metadata({k.encode(): v.encode() for k, v in (metadata or {}).items()})
+    table = pa.Table.from_pylist(list(rows), schema=schema)
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     pq.write_table(table, tmp)
@@ -104,3 +113,9 @@ def atomic_write_parquet(rows: Iterable[dict[str, Any]], path: Path) -> None:
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
     return pq.read_table(path, schema=MANIFEST_SCHEMA).to_pylist()
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """The key/value metadata of a Parquet file written by :func:`atomic_write_parquet`."""
+    raw = pq.read_schema(path).metadata or {}
+    return {k.decode(): v.decode() for k, v in raw.items() if not k.startswith(b"ARROW")}

@@ -31,7 +31,7 @@ from pipeline.errors import ClipError
 from pipeline.io import ffmpeg_version, probe
 from pipeline.manifest import ClipSource, atomic_write_parquet, manifest_row, read_rows
 from pipeline.recipes.folder import SPLITS, stable_fraction
-from pipeline.shard_writer import PARTS_DIR, ShardPlan, part_path, prepare_shard, shard_is_complete
+from pipeline.shard_writer import PARTS_DIR, ShardPlan, marker_path, part_path, prepare_shard, shard_is_complete
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +44,49 @@ PLAN_PROBE_CLIPS = 32
 TASK_MEMORY_BYTES = 1_500 * 1024**2
 #: Times Ray restarts a shard worker whose process died, and re-runs its shard.
 TASK_MAX_RETRIES = 2
+#: Deaths of a worker process on the same clip after which the clip is recorded as failed.
+CLIP_CRASH_LIMIT = 2
+#: Failure reasons that may pass on a second try (``--retry-failed`` redoes their shards).
+TRANSIENT_REASONS = ("worker_crash", "internal_error")
 #: Environment of Ray workers: quiet native logs, one BLAS/OpenMP thread per task.
 WORKER_ENV = {"GLOG_minloglevel": "2", "TF_CPP_MIN_LOG_LEVEL": "3", "OMP_NUM_THREADS": "1"}
+
+
+class OutputMismatch(Exception):
+    """The output folder holds a run prepared from other inputs or parameters."""
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def describe_mismatch(out_dir: Path, previous: dict[str, Any], clips: list[ClipSource], params: PrepParams) -> str:
+    """A one-line account of what differs between a finished/partial run and this one."""
+    import pandas as pd
+
+    changes = []
+    old, new = _flatten(previous.get("parameters", {})), _flatten(params.to_dict())
+    differing = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if differing:
+        changes.append("parameters " + ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in differing[:5]))
+    manifest = out_dir / MANIFEST_FILE
+    if manifest.is_file():
+        before = set(pd.read_parquet(manifest, columns=["key"])["key"])
+        after = {c.key for c in clips}
+        if after - before or before - after:
+            changes.append(f"{len(after - before)} clips added, {len(before - after)} removed")
+    if not changes:
+        changes.append("source files changed (sizes)")
+    return (
+        f"{out_dir} was prepared from other inputs or parameters ({'; '.join(changes)}). "
+        "Re-run the same command to resume, choose another --out/--name, or pass --force to redo what differs."
+    )
 
 
 def estimate_clip_duration(clips: list[ClipSource]) -> float:
@@ -161,11 +202,11 @@ def _shard_worker_class():
             self.progress_actor = progress_actor
             self.detector = make_detector(params.detector, params.mediapipe_model)
 
-        def __call__(self, plan: ShardPlan) -> list[dict[str, Any]]:
+        def __call__(self, plan: ShardPlan, skip: dict[str, tuple[str, str]]) -> list[dict[str, Any]]:
             def report(clips: int, frames: int, failed: int) -> None:
                 self.progress_actor.add.remote(clips, frames, failed)
 
-            return prepare_shard(plan, self.out_dir, self.params, report, self.fail_fast, self.detector)
+            return prepare_shard(plan, self.out_dir, self.params, report, self.fail_fast, self.detector, skip)
 
     return ShardWorker
 
@@ -200,11 +241,17 @@ def run_prep(
     fail_fast: bool = False,
     show_progress: bool = True,
     command: Optional[list[str]] = None,
+    force: bool = False,
+    retry_failed: bool = False,
 ) -> RunSummary:
     """Prepare every clip into ``out_dir`` (the dataset folder), resuming complete shards.
 
     Writes ``<split>-NNNNNN.tar``, ``manifest.parquet`` (one row per source clip) and
     ``prep.json`` (command, parameters, versions, source digest).
+
+    Raises OutputMismatch when ``out_dir`` holds a run of other inputs or parameters, unless
+    ``force`` (then shards whose digest differs are redone and shards no longer planned are
+    removed). ``retry_failed`` redoes the shards whose clips failed for a transient reason.
     """
     import ray
     from rich.console import Console
@@ -212,15 +259,30 @@ def run_prep(
     started = time.time()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in list(out_dir.glob(".*.tmp-*")) + list((out_dir / PARTS_DIR).glob(".*.tmp-*")):
-        stale.unlink(missing_ok=True)
+    for stale in list(out_dir.glob(".*.tmp-*")) + list((out_dir / PARTS_DIR).glob(".*")):
+        stale.unlink(missing_ok=True)  # temp files and clip markers of an interrupted run
     all_clips = [c for split in SPLITS for c in clips_by_split.get(split, [])]
     keys = [c.key for c in all_clips]
     if len(set(keys)) != len(keys):
         duplicated = sorted(k for k, n in Counter(keys).items() if n > 1)[:5]
         raise ValueError(f"sample keys must be unique; duplicated: {duplicated}")
+    digest = source_digest(clips_by_split, params)
+    previous = json.loads((out_dir / PREP_FILE).read_text(encoding="utf-8")) if (out_dir / PREP_FILE).is_file() else None
+    has_output = any((out_dir / PARTS_DIR).glob("*.parquet"))
+    if previous and has_output and previous.get("source_digest") != digest and not force:
+        raise OutputMismatch(describe_mismatch(out_dir, previous, all_clips, params))
     plans = plan_shards(clips_by_split, shard_mb, estimate_clip_duration(all_clips))
-    todo = [p for p in plans if not shard_is_complete(out_dir, p)]
+    if force:
+        planned = {p.name for p in plans}
+        for stale in list(out_dir.glob("*.tar")) + list((out_dir / PARTS_DIR).glob("*.parquet")):
+            if stale.name.split(".")[0] not in planned:
+                stale.unlink()
+    if retry_failed and (out_dir / MANIFEST_FILE).is_file():
+        retry = {r["key"] for r in read_rows(out_dir / MANIFEST_FILE) if r["reason"] in TRANSIENT_REASONS}
+        for plan in plans:
+            if any(c.key in retry for c in plan.clips):
+                part_path(out_dir, plan.name).unlink(missing_ok=True)
+    todo = [p for p in plans if not shard_is_complete(out_dir, p, params)]
     prep_info = {
         "command": command or sys.argv,
         "parameters": params.to_dict(),
@@ -229,7 +291,7 @@ def run_prep(
         "pipeline_version": PIPELINE_VERSION,
         "mel_params": MEL_PARAMS.to_dict(),
         "versions": versions(),
-        "source_digest": source_digest(clips_by_split, params),
+        "source_digest": digest,
         "clips": len(all_clips),
         "shards": [p.name for p in plans],
     }
@@ -322,13 +384,28 @@ def _run_tasks(todo, out_dir, params, fail_fast, show_progress, already_done, to
     make_actor = lambda: worker_class.remote(str(out_dir), params, progress_actor, fail_fast)  # noqa: E731
     actors = [make_actor() for _ in range(size)]
     queue = deque(todo)
-    attempts: Counter = Counter()
+    attempts: Counter = Counter()  # worker deaths not pinned on a clip, per shard
+    crashes: Counter = Counter()  # worker deaths per clip key
+    skip: dict[str, dict[str, tuple[str, str]]] = {p.name: {} for p in todo}
     in_flight: dict[Any, tuple[int, ShardPlan]] = {}
 
     def submit(slot: int) -> None:
         if queue:
             plan = queue.popleft()
-            in_flight[actors[slot].__call__.remote(plan)] = (slot, plan)
+            in_flight[actors[slot].__call__.remote(plan, skip[plan.name])] = (slot, plan)
+
+    def blame(plan: ShardPlan) -> bool:
+        """After a worker death on ``plan``: charge the clip it was on (or the shard); True
+        when the shard should be tried again."""
+        marker = marker_path(out_dir, plan.name)
+        key = marker.read_text(encoding="utf-8").strip() if marker.is_file() else None
+        if key:
+            crashes[key] += 1
+            if crashes[key] >= CLIP_CRASH_LIMIT:
+                skip[plan.name][key] = ("worker_crash", f"the worker process died {crashes[key]} times while preparing this clip")
+            return True
+        attempts[plan.name] += 1
+        return attempts[plan.name] <= TASK_MAX_RETRIES
 
     for slot in range(size):
         submit(slot)
@@ -353,8 +430,7 @@ def _run_tasks(todo, out_dir, params, fail_fast, show_progress, already_done, to
                         raise
                     if isinstance(error, ray.exceptions.RayActorError):
                         actors[slot] = make_actor()  # the process died: a fresh worker takes the slot
-                        attempts[plan.name] += 1
-                        if attempts[plan.name] <= TASK_MAX_RETRIES:
+                        if blame(plan):
                             queue.appendleft(plan)
                             submit(slot)
                             continue

@@ -8,6 +8,8 @@ a crash at any point leaves temp files only, which the next run removes and redo
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import traceback
@@ -42,6 +44,21 @@ def part_path(out_dir: Path, shard: str) -> Path:
     return Path(out_dir) / PARTS_DIR / f"{shard}.parquet"
 
 
+def marker_path(out_dir: Path, shard: str) -> Path:
+    """Names the clip a shard's worker is on, so the driver can blame a clip that kills it."""
+    return Path(out_dir) / PARTS_DIR / f".{shard}.current"
+
+
+def plan_digest(plan: ShardPlan, params: PrepParams) -> str:
+    """SHA-256 of everything that decides the shard's bytes: parameters, and each clip's
+    description and source file size. A complete shard with another digest is stale."""
+    digest = hashlib.sha256(json.dumps(params.to_dict(), sort_keys=True).encode())
+    for clip in plan.clips:
+        size = os.path.getsize(clip.path) if os.path.exists(clip.path) else -1
+        digest.update(json.dumps([clip.to_dict(), size], sort_keys=True, default=list).encode())
+    return digest.hexdigest()
+
+
 def _fsync_replace(tmp: Path, final: Path) -> None:
     with open(tmp, "rb") as handle:
         os.fsync(handle.fileno())
@@ -58,10 +75,13 @@ def prepare_shard(
     progress: Optional[ProgressFn] = None,
     fail_fast: bool = False,
     detector: Optional[Detector] = None,
+    skip: Optional[dict[str, tuple[str, str]]] = None,
 ) -> list[dict[str, Any]]:
     """Process ``plan``'s clips into ``out_dir/<plan.name>.tar``; return its manifest rows.
 
     ``detector`` is reused when given (an actor's model, loaded once); else one is built here.
+    ``skip`` maps keys not to process to the (reason, detail) to record (clips that crashed
+    their worker). Before each clip its key is written to the shard's marker file.
 
     A clip that raises ClipError is recorded with its reason; any other exception is recorded as
     ``internal_error`` with its type and message (``fail_fast`` re-raises instead). The tar
@@ -80,7 +100,13 @@ def prepare_shard(
     rows, written = [], 0
     try:
         with open(tmp_tar, "wb") as stream, wds.TarWriter(stream, mtime=0, user="cals", group="cals", encoder=False) as tar:
+            marker = marker_path(out_dir, plan.name)
             for clip in plan.clips:
+                if skip and clip.key in skip:
+                    reason, detail = skip[clip.key]
+                    rows.append(manifest_row(clip, status="failed", reason=reason, detail=detail))
+                    continue
+                marker.write_text(clip.key, encoding="utf-8")
                 try:
                     result = process_clip(clip, params, detector)
                 except ClipError as error:
@@ -105,21 +131,27 @@ def prepare_shard(
     finally:
         if own_detector:
             detector.close()
+    metadata = {"shard_digest": plan_digest(plan, params)}
     if written:
-        atomic_write_parquet(rows, part_path(out_dir, plan.name))
+        atomic_write_parquet(rows, part_path(out_dir, plan.name), metadata)
         _fsync_replace(tmp_tar, final_tar)
     else:
         tmp_tar.unlink(missing_ok=True)
-        atomic_write_parquet(rows, part_path(out_dir, plan.name))
+        final_tar.unlink(missing_ok=True)
+        atomic_write_parquet(rows, part_path(out_dir, plan.name), metadata)
+    marker_path(out_dir, plan.name).unlink(missing_ok=True)
     return rows
 
 
-def shard_is_complete(out_dir: Path, plan: ShardPlan) -> bool:
-    """True when the shard's rows part exists and, if it has ok clips, the tar too."""
-    from pipeline.manifest import read_rows
+def shard_is_complete(out_dir: Path, plan: ShardPlan, params: PrepParams) -> bool:
+    """True when the shard's rows part exists, was made from the same parameters and clips
+    (its digest), and, if it has ok clips, the tar exists too."""
+    from pipeline.manifest import read_metadata, read_rows
 
     part = part_path(out_dir, plan.name)
     if not part.is_file():
+        return False
+    if read_metadata(part).get("shard_digest") != plan_digest(plan, params):
         return False
     rows = read_rows(part)
     if [r["key"] for r in rows] != [c.key for c in plan.clips]:

@@ -216,3 +216,46 @@ def test_rerun_skips_complete_shards_and_redoes_a_missing_one(prepared, tmp_path
     assert summary.shards_done == 1 and summary.shards_skipped == len(planned) - 1
     assert victim.read_bytes() == before
     assert verify_dataset(copy).ok
+
+
+def test_span_and_source_crop_give_source_pixel_boxes():
+    from cals.shard_format import decode_sample
+    from pipeline.clip import process_clip
+    from pipeline.manifest import ClipSource
+    from pipeline.stages.detect import make_detector
+
+    detector = make_detector("mediapipe")
+    source = ClipSource(key="k", path=str(FIXTURE_VIDEO / "talk_hdtf_aoc_sadtalker.mp4"), dataset="d", split="train",
+                        speaker="s", start_s=2.0, end_s=5.0, crop=(120, 100, 392, 412))
+    whole = ClipSource(key="w", path=source.path, dataset="d", split="train", speaker="s")
+    cut = decode_sample(process_clip(source, PrepParams(), detector).sample)
+    full = decode_sample(process_clip(whole, PrepParams(), detector).sample)
+    from itertools import islice
+
+    from pipeline.io import iter_frames
+
+    frame = next(islice(iter_frames(probe(FIXTURE_VIDEO / "talk_hdtf_aoc_sadtalker.mp4")), 62, None))
+    x0, y0, x1, y1 = max(detector([frame])[0], key=lambda d: d.score).box  # source frame 62 = cut frame 12
+    assert cut.num_frames == 75 and check_sample(cut) == []
+    assert cut.meta["source_crop"] == [120, 100, 392, 412] and cut.meta["source_start_s"] == 2.0
+    # The crop square of cut frame 12 is centred where a detection on the uncropped source frame
+    # puts the face (+ the documented chin shift), in source pixels: not ~(120, 100) px off.
+    centre = (cut.boxes[12, :2] + cut.boxes[12, 2:]) / 2
+    expected = np.array([(x0 + x1) / 2, (y0 + y1) / 2 + PrepParams().crop.shift_down * (y1 - y0)])
+    assert np.abs(centre - expected).max() < 15, (centre, expected)
+    # and the audio is the same span: samples 2.0 s .. 5.0 s of the whole clip
+    a, b = cut.audio.astype(np.float64), full.audio[2 * SAMPLE_RATE : 5 * SAMPLE_RATE].astype(np.float64)
+    assert np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)) > 0.99
+
+
+def test_window_that_does_not_fit_is_a_clip_failure():
+    from pipeline.clip import process_clip
+    from pipeline.errors import ClipError
+    from pipeline.manifest import ClipSource
+    from pipeline.stages.detect import make_detector
+
+    source = ClipSource(key="k", path=str(FIXTURE_VIDEO / "talk_hdtf_aoc_sadtalker.mp4"), dataset="d", split="train",
+                        speaker="s", crop=(400, 0, 300, 300))
+    with pytest.raises(ClipError, match="does not fit a 512x512 video") as caught:
+        process_clip(source, PrepParams(), make_detector("none"))
+    assert caught.value.reason == "bad_window"
