@@ -190,6 +190,55 @@ def folder(
     return clips, root.resolve().name
 
 
+class Lrs2Subset(str, Enum):
+    main = "main"
+    pretrain = "pretrain"
+    all = "all"
+
+
+@prep_command("lrs2")
+def lrs2(
+    root: Path = typer.Option(..., "--root", help="LRS2 release folder: holds mvlrs_v1/{main,pretrain}/ and train.txt val.txt test.txt pretrain.txt."),
+    subset: Lrs2Subset = typer.Option(Lrs2Subset.main, "--subset", help="main (official train/val/test lists), pretrain (all to train) or all."),
+):
+    """Prepare LRS2 (official splits from its list files, transcripts, pretrain word timings) into OUT/lrs2/."""
+    from pipeline.recipes.lrs2 import LRS2_DATASET, prepare_lrs2
+
+    clips = prepare_lrs2(root, subset=subset.value)
+    if not any(clips.values()):
+        raise FileNotFoundError(f"no listed LRS2 clip of --subset {subset.value} found under {root} (see the warnings above)")
+    return clips, LRS2_DATASET
+
+
+@prep_command("lrw")
+def lrw(
+    root: Path = typer.Option(..., "--root", help="LRW folder: lipread_mp4/ or the folder that holds it (<WORD>/{train,val,test}/<WORD>_NNNNN.mp4)."),
+):
+    """Prepare LRW (official splits; label = the word; no speaker ids, so not speaker-disjoint) into OUT/lrw/."""
+    from pipeline.recipes.lrw import LRW_DATASET, prepare_lrw
+
+    clips = prepare_lrw(root)
+    if not any(clips.values()):
+        raise FileNotFoundError(f"no LRW clips (<WORD>/{{train,val,test}}/<WORD>_NNNNN.mp4) under {root}")
+    return clips, LRW_DATASET
+
+
+@prep_command("hdtf")
+def hdtf(
+    root: Path = typer.Option(..., "--root", help="Folder of downloaded HDTF videos (mp4 mkv webm mov), searched recursively by video name."),
+    annotations: Path = typer.Option(..., "--annotations", help="HDTF_dataset folder of github.com/MRzzm/HDTF (<GROUP>_annotion_time.txt, <GROUP>_crop_wh.txt, ...)."),
+    val: float = typer.Option(0.05, "--val", help="Share of speakers (videos) in the val split (speaker-hashed)."),
+    test: float = typer.Option(0.05, "--test", help="Share of speakers (videos) in the test split (speaker-hashed)."),
+):
+    """Prepare HDTF: each annotated span of each downloaded video, cut and cropped as annotated, into OUT/hdtf/."""
+    from pipeline.recipes.hdtf import HDTF_DATASET, prepare_hdtf
+
+    clips = prepare_hdtf(root, annotations, val=val, test=test)
+    if not any(clips.values()):
+        raise FileNotFoundError(f"no annotated HDTF video with a crop found under {root} (see the warnings above)")
+    return clips, HDTF_DATASET
+
+
 @app.command()
 def verify(
     dataset: Path = typer.Argument(..., help="A dataset folder written by cals-prep (OUT/NAME)."),

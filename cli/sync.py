@@ -108,10 +108,21 @@ def score(
     from cals.models.syncnet_v2 import load_syncnet_v2
     from cals.sync_score import score_samples, summarise
 
+    import torch
+
     if not path.exists():
         fail(f"{path} does not exist")
+    for out in (json_out, csv_out):
+        if out is not None and not out.parent.is_dir():
+            fail(f"cannot write {out}: folder {out.parent} does not exist")
     try:
-        network = load_syncnet_v2(model, device=device)
+        torch_device = torch.device(device)
+    except RuntimeError as error:
+        fail(f"--device {device!r} is not a torch device: {error}")
+    if torch_device.type == "cuda" and not torch.cuda.is_available():
+        fail(f"--device {device}: CUDA is not available to this torch build")
+    try:
+        network = load_syncnet_v2(model, device=torch_device)
     except (FileNotFoundError, ValueError) as error:
         fail(str(error))
 
@@ -134,10 +145,8 @@ def score(
                 continue
             yield key, item[0], item[1]
 
-    results = []
     with err.status("scoring…"):
-        for result in score_samples(decoded(), network, vshift=vshift, batch_size=batch_size):
-            results.append(result)
+        results = list(score_samples(decoded(), network, vshift=vshift, batch_size=batch_size))
     rows = [r.to_dict() for r in results]
     rows += [{"clip": key, "num_frames": None, "offset": None, "min_dist": None, "conf": None, "error": why} for key, why in failures.items()]
     rows.sort(key=lambda row: row["clip"])
@@ -153,7 +162,7 @@ def score(
         table.add_row(row["clip"], frames, offset, _fmt(row["min_dist"]), _fmt(row["conf"]), row["error"] or "")
     if summary.clips:
         table.add_section()
-        table.add_row(f"mean of {summary.clips} clips", "", _fmt(summary.mean_offset, 2), _fmt(summary.mean_min_dist), _fmt(summary.mean_conf), "")
+        table.add_row(f"mean ({summary.clips} clip{'s' if summary.clips != 1 else ''})", "", _fmt(summary.mean_offset, 2), _fmt(summary.mean_min_dist), _fmt(summary.mean_conf), "")
     console = Console()
     console.print(table)
     console.print(

@@ -165,7 +165,10 @@ def load_syncnet_v2(path: str | Path, device: str | torch.device = "cpu") -> Syn
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
-        raise ValueError(f"{path} is not a readable PyTorch state dict: {str(error).splitlines()[0]}") from None
+        raise ValueError(
+            f"{path} is not a readable PyTorch state dict: torch.load(weights_only=True) refused it "
+            f"({type(error).__name__}; a corrupt file, or a pickled model object rather than its state_dict())"
+        ) from None
     if not isinstance(state, Mapping):
         raise ValueError(f"{path} holds a {type(state).__name__}, expected a state dict (name → tensor)")
     model = SyncNetV2()

@@ -147,7 +147,14 @@ DETECTORS = ("mediapipe", "sfd", "none")
 
 
 def make_detector(name: str, mediapipe_model: str = "short") -> Detector:
-    """Build a detector by CLI name (``mediapipe``, ``sfd``, ``none``)."""
+    """Build a detector by CLI name (``mediapipe``, ``sfd``, ``none``), or a plugin given as
+    ``"package.module:ClassName"`` (constructed with no arguments; it must provide ``name``,
+    ``__call__(frames) -> list[list[Detection]]`` and ``close()``)."""
+    if ":" in name:
+        import importlib
+
+        module_name, _, class_name = name.partition(":")
+        return getattr(importlib.import_module(module_name), class_name)()
     if name == "mediapipe":
         return MediapipeDetector(model=mediapipe_model)
     if name == "sfd":
