@@ -8,10 +8,15 @@ Builds its inputs in a work folder, then measures them in one run:
 - end to end with 1 and 2 Ray workers: ``run_prep`` over the corpus (one clip per shard), plus
   the same figures with Ray's start-up (init + first task + shutdown, timed alone) taken out;
 - bytes per frame of the written shards;
-- peak RSS of one worker running ``process_clip`` on a long 1280x720 25 fps clip, in a child.
+- peak RSS of one worker running ``process_clip`` on a long 1280x720 25 fps clip, in a child;
+- LRS2-shaped input (``--lrs2``, on unless ``--skip-lrs2``): a fake ``mvlrs_v1/main`` tree of
+  2-second 160x160 clips cut from the fixtures, read through ``prepare_lrs2``; its decode-only
+  floor, end to end on 1 worker with ``--detector mediapipe`` and ``none`` (and their ratios to
+  the floor), a resume run over the finished output, and the arithmetic for the whole of LRS2
+  main and pretrain on a 16-core node and a 256-core Ray cluster.
 
 Prints a markdown table (with PASS/MISS against the targets) and writes it to ``--results``.
-Smoke run (about a minute): ``python bench/prep.py --minutes 0.3 --long-minutes 0.3``.
+Smoke run (about a minute): ``python bench/prep.py --minutes 0.3 --long-minutes 0.3 --lrs2-clips 8``.
 """
 
 from __future__ import annotations
@@ -36,8 +41,17 @@ from cals.constants import FPS
 from pipeline.clip import PrepParams, _detected_stream
 from pipeline.errors import ClipError
 from pipeline.io import iter_frames, probe
-from pipeline.recipes.folder import prepare_folder
-from pipeline.run import BYTES_PER_FRAME_ESTIMATE, WORKER_ENV, run_prep
+from pipeline.manifest import ClipSource
+from pipeline.recipes.folder import SPLITS, prepare_folder
+from pipeline.recipes.lrs2 import CORPUS_FOLDER, MAIN_LIST_FILES, MAIN_SUBSET, prepare_lrs2
+from pipeline.run import (
+    BYTES_PER_FRAME_ESTIMATE,
+    WORKER_ENV,
+    RunSummary,
+    estimate_clip_duration,
+    plan_shards,
+    run_prep,
+)
 from pipeline.stages.detect import DETECTORS, make_detector
 
 #: Where the fixture clips live, and which of them (talking faces with speech) make the corpus.
@@ -63,6 +77,33 @@ LOOP_DURATION_TOLERANCE = 0.9
 TARGET_E2E_OVER_FLOOR = 0.60
 TARGET_SCALING_2_OVER_1 = 1.7
 TARGET_PEAK_RSS_BYTES = 1_500_000_000
+
+#: The fake LRS2 main tree: clips of this length, cut from the fixtures in order (looped when a
+#: fixture runs out), 160x160 like the release, this many clips per <video_id> folder.
+DEFAULT_LRS2_CLIPS = 120
+LRS2_CLIP_SECONDS = 2.0
+LRS2_SIZE = 160
+LRS2_CLIPS_PER_FOLDER = 10
+#: Folder names: 19-digit numbers like the release's BBC programme ids.
+LRS2_FOLDER_ID_BASE = 6_000_000_000_000_000_000
+#: Split of the i-th clip: i % LRS2_SPLIT_EVERY == LRS2_SPLIT_SLOTS[split] for val and test, else
+#: train. Test lines carry a flag as in the release ("<video_id>/<utt> NF").
+LRS2_SPLIT_EVERY = 10
+LRS2_SPLIT_SLOTS = {"val": 8, "test": 9}
+LRS2_TEST_FLAG = "NF"
+LRS2_TEXT = "Text:  {text}\nConf:  {conf}\n"
+LRS2_WORDS = ("THE", "PEOPLE", "WHO", "WORK", "HERE", "KNOW", "WHAT", "THEY", "ARE", "DOING", "EVERY", "DAY")
+#: Detectors run end to end on the LRS2 tree (both on 1 worker); resume is timed with the last.
+LRS2_DETECTORS = ("mediapipe", "none")
+LRS2_RESUME_DETECTOR = "none"
+#: The real release, for the arithmetic: hours of video per subset (frames at 25 fps).
+LRS2_SUBSET_HOURS = {"main": 29.0, "pretrain": 195.0}
+#: Machines of the arithmetic: (label, cores); one Ray worker per core.
+PROJECTION_MACHINES = (("one 16-core node", 16), ("256-core Ray cluster", 256))
+#: Cores one worker really keeps busy (Python + its ffmpeg decoder process; measured 1.3-1.5).
+CORES_PER_WORKER_CONSERVATIVE = 1.4
+#: Encoder settings of the LRS2 clips: H.264 as above, AAC 16 kHz mono, a keyframe at every cut.
+LRS2_AAC_ARGS = ["-c:a", "aac", "-b:a", "64k", "-ar", "16000", "-ac", "1"]
 
 KIB = 1024
 MIB = 1024**2
@@ -146,6 +187,34 @@ class LongClip:
     worker_peak_bytes: int
     ffmpeg_peak_bytes: int
     sample_bytes: int
+
+
+@dataclass(frozen=True)
+class Lrs2Tree:
+    """The fake LRS2 release: its folder, clips per split, ``<video_id>`` folders and seconds."""
+
+    root: Path
+    split_counts: dict[str, int]
+    folders: int
+    seconds: float
+
+    @property
+    def clips(self) -> int:
+        return sum(self.split_counts.values())
+
+
+@dataclass(frozen=True)
+class Resume:
+    """run_prep run again on a finished output: its wall time and what it skipped."""
+
+    wall_s: float
+    plan_s: float
+    shards_done: int
+    shards_skipped: int
+
+    @property
+    def skipped_all(self) -> bool:
+        return self.shards_done == 0 and self.shards_skipped > 0
 
 
 @dataclass
@@ -245,6 +314,106 @@ def corpus_videos(corpus: Path) -> list[Path]:
     return [Path(c.path) for split in clips.values() for c in split]
 
 
+def lrs2_transcript(index: int) -> str:
+    """A made-up upper-case sentence of 3 to 6 words for the ``index``-th clip (deterministic)."""
+    count = 3 + index % 4
+    return " ".join(LRS2_WORDS[(index * 5 + k) % len(LRS2_WORDS)] for k in range(count))
+
+
+def lrs2_split(index: int) -> str:
+    """The split of the ``index``-th clip: val or test once every LRS2_SPLIT_EVERY clips, else train."""
+    slot = index % LRS2_SPLIT_EVERY
+    return next((split for split, wanted in LRS2_SPLIT_SLOTS.items() if slot == wanted), "train")
+
+
+def cut_lrs2_pieces(fixture: Path, folder: Path, pieces: int) -> list[Path]:
+    """Cut ``fixture`` (looped when it runs out) into ``pieces`` consecutive LRS2-like clips.
+
+    One ffmpeg pass into the new ``folder``: the centre square scaled to LRS2_SIZE², 25 fps H.264
+    with a keyframe at every cut, AAC 16 kHz mono, split by the segment muxer. Returns the pieces
+    in order; raises RuntimeError when ffmpeg made fewer.
+    """
+    folder.mkdir(parents=True)
+    square = f"crop='min(iw,ih)':'min(iw,ih)',scale={LRS2_SIZE}:{LRS2_SIZE},setsar=1,fps={FPS}"
+    run_ffmpeg(
+        [
+            "-stream_loop", "-1", "-i", str(fixture), "-t", f"{pieces * LRS2_CLIP_SECONDS:.3f}",
+            "-vf", square, "-force_key_frames", f"expr:gte(t,n_forced*{LRS2_CLIP_SECONDS:g})",
+            *X264_ARGS, *LRS2_AAC_ARGS,
+            "-f", "segment", "-segment_time", f"{LRS2_CLIP_SECONDS:g}", "-segment_format", "mp4",
+            "-reset_timestamps", "1", str(folder / "piece_%05d.mp4"),
+        ]
+    )
+    found = sorted(folder.glob("piece_*.mp4"))
+    if len(found) < pieces:
+        raise RuntimeError(f"ffmpeg cut {fixture} into {len(found)} pieces, {pieces} were asked for")
+    return found[:pieces]  # a last sliver past -t, if any, stays behind and is removed with the folder
+
+
+def check_lrs2_piece(path: Path) -> float:
+    """The seconds of one cut clip; RuntimeError unless it is about LRS2_CLIP_SECONDS long with audio."""
+    info = probe(path)
+    if info.duration_s < LOOP_DURATION_TOLERANCE * LRS2_CLIP_SECONDS or not info.has_audio:
+        raise RuntimeError(f"{path}: {info.duration_s:.2f} s, audio {info.has_audio}: not a usable {LRS2_CLIP_SECONDS:g}-s clip")
+    return info.duration_s
+
+
+def build_lrs2_tree(fixtures: list[Path], root: Path, clips: int) -> Lrs2Tree:
+    """A fake LRS2 release in ``root`` (rebuilt): ``clips`` clips in ``mvlrs_v1/main`` plus lists.
+
+    The fixtures share the clips equally (first ones take the remainder); each is cut into
+    consecutive LRS2_CLIP_SECONDS pieces, LRS2_CLIPS_PER_FOLDER to a ``<video_id>`` folder, each
+    with a ``.txt`` (``Text:`` and ``Conf:`` lines), and every clip is listed in train.txt,
+    val.txt or test.txt (see lrs2_split), as prepare_lrs2 reads them.
+    """
+    if root.exists():
+        shutil.rmtree(root)
+    main = root / CORPUS_FOLDER / MAIN_SUBSET
+    staging = root / "pieces"
+    lists: dict[str, list[str]] = {split: [] for split in SPLITS}
+    index = folders = 0
+    seconds = 0.0
+    for number, fixture in enumerate(fixtures):
+        count = clips // len(fixtures) + (1 if number < clips % len(fixtures) else 0)
+        if count == 0:
+            continue
+        pieces = cut_lrs2_pieces(fixture, staging / fixture.stem, count)
+        for start in range(0, count, LRS2_CLIPS_PER_FOLDER):
+            video_id = str(LRS2_FOLDER_ID_BASE + folders)
+            folders += 1
+            (main / video_id).mkdir(parents=True)
+            for utt, piece in enumerate(pieces[start : start + LRS2_CLIPS_PER_FOLDER], start=1):
+                seconds += check_lrs2_piece(piece)
+                clip_id = f"{video_id}/{utt:05d}"
+                os.replace(piece, main / f"{clip_id}.mp4")
+                text = LRS2_TEXT.format(text=lrs2_transcript(index), conf=2 + index % 5)
+                (main / f"{clip_id}.txt").write_text(text, encoding="utf-8")
+                split = lrs2_split(index)
+                lists[split].append(f"{clip_id} {LRS2_TEST_FLAG}" if split == "test" else clip_id)
+                index += 1
+    shutil.rmtree(staging)
+    for split, name in MAIN_LIST_FILES.items():
+        (root / name).write_text("".join(f"{line}\n" for line in lists[split]), encoding="utf-8")
+    return Lrs2Tree(root, {split: len(lines) for split, lines in lists.items()}, folders, seconds)
+
+
+def lrs2_shard_mb(clips_by_split: dict[str, list[ClipSource]]) -> tuple[float, int]:
+    """The largest ``shard_mb`` whose plan has >= MIN_SHARDS shards, and that number of shards.
+
+    Planned as run_prep plans (the same clip-duration estimate and plan_shards); the size sits
+    half a clip above a whole number of clips, so rounding cannot tip the plan.
+    """
+    every = [c for split in SPLITS for c in clips_by_split.get(split, [])]
+    mean_s = estimate_clip_duration(every)
+    clip_mb = mean_s * FPS * BYTES_PER_FRAME_ESTIMATE / 1e6
+    for per_shard in range(max(len(c) for c in clips_by_split.values()), 0, -1):
+        shard_mb = (per_shard + 0.5) * clip_mb
+        shards = len(plan_shards(clips_by_split, shard_mb, mean_s))
+        if shards >= MIN_SHARDS:
+            return shard_mb, shards
+    return SHARD_MB, len(plan_shards(clips_by_split, SHARD_MB, mean_s))
+
+
 # ----------------------------------------------------------------------------- measurements
 
 
@@ -276,19 +445,31 @@ def measure_decode_detect(paths: list[Path], detector_name: str) -> Throughput:
     return Throughput(frames, seconds)
 
 
-def measure_end_to_end(corpus: Path, out_dir: Path, workers: int, detector_name: str, command: list[str]) -> EndToEnd:
-    """run_prep over the corpus into a fresh ``out_dir`` with ``workers`` Ray workers."""
-    if out_dir.exists():
-        shutil.rmtree(out_dir)  # run_prep resumes complete shards: a stale folder would skip work
-    summary = run_prep(
-        prepare_folder(corpus, val=0, test=0),
+def prep(clips_by_split: dict[str, list[ClipSource]], out_dir: Path, workers: int, detector_name: str, command: list[str], shard_mb: float) -> RunSummary:
+    """run_prep, quietly, with this script's command line in prep.json."""
+    return run_prep(
+        clips_by_split,
         out_dir,
         PrepParams(detector=detector_name),
-        shard_mb=SHARD_MB,
+        shard_mb=shard_mb,
         workers=workers,
         show_progress=False,
         command=command,
     )
+
+
+def measure_end_to_end(
+    clips_by_split: dict[str, list[ClipSource]],
+    out_dir: Path,
+    workers: int,
+    detector_name: str,
+    command: list[str],
+    shard_mb: float = SHARD_MB,
+) -> EndToEnd:
+    """run_prep over ``clips_by_split`` into a fresh ``out_dir`` with ``workers`` Ray workers."""
+    if out_dir.exists():
+        shutil.rmtree(out_dir)  # run_prep resumes complete shards: a stale folder would skip work
+    summary = prep(clips_by_split, out_dir, workers, detector_name, command, shard_mb)
     tars = sorted(out_dir.glob("*.tar"))
     return EndToEnd(
         workers=workers,
@@ -299,6 +480,12 @@ def measure_end_to_end(corpus: Path, out_dir: Path, workers: int, detector_name:
         tar_bytes=sum(t.stat().st_size for t in tars),
         failures=dict(summary.failures),
     )
+
+
+def measure_resume(clips_by_split: dict[str, list[ClipSource]], out_dir: Path, detector_name: str, command: list[str], shard_mb: float) -> Resume:
+    """The same run_prep (1 worker) again on the finished ``out_dir``: it should skip every shard."""
+    summary = prep(clips_by_split, out_dir, 1, detector_name, command, shard_mb)
+    return Resume(summary.wall_s, summary.plan_s, summary.shards_done, summary.shards_skipped)
 
 
 def measure_long_clip(path: Path, detector_name: str) -> LongClip:
@@ -447,6 +634,102 @@ def add_long_rows(report: Report, long_clip: LongClip, minutes: float) -> None:
     )
 
 
+def format_hours(seconds: float) -> str:
+    """``X.X h``, or ``X min`` below an hour."""
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
+
+
+def add_lrs2_rows(
+    report: Report, tree: Lrs2Tree, decode: Throughput, runs: dict[str, EndToEnd], resume: Resume, shard_mb: float
+) -> None:
+    """The fake tree, its decode floor, end to end per detector (and over the floor), resume."""
+    splits = "/".join(str(tree.split_counts[s]) for s in SPLITS)
+    report.add(
+        "LRS2: fake main tree",
+        f"{tree.seconds / 60:.2f} min",
+        f"{tree.clips} clips x {LRS2_CLIP_SECONDS:g} s, {LRS2_SIZE}x{LRS2_SIZE} H.264 + AAC 16 kHz mono, "
+        f"{tree.folders} folders, {'/'.join(SPLITS)} {splits}",
+    )
+    report.add("LRS2: floor, decode only", per_core(decode, 1), f"{decode.frames} frames in {decode.seconds:.1f} s, 1 process")
+    for detector_name, run in runs.items():
+        label = f"LRS2: end to end, {detector_name}, 1 worker"
+        detail = f"{run.run.frames} frames in {run.run.seconds:.1f} s, {run.shards} shards (shard_mb {shard_mb:.2f})"
+        report.add(label, per_core(run.run, 1), detail)
+        report.add(
+            f"{label}, processing only",
+            per_core(run.without_ray, 1),
+            f"{run.process_s:.1f} s in the actor pool; ray.init took {run.ray_startup_s:.1f} s",
+        )
+        for name, throughput in (("", run.run), (", processing only", run.without_ray)):
+            report.add(
+                f"LRS2: {detector_name} / decode floor{name}",
+                f"{throughput.fps / max(decode.fps, 1e-9):.2f}",
+                f"{throughput.fps:.1f} / {decode.fps:.1f}",
+            )
+        if run.failures:
+            report.add(f"{label}: failed clips", str(sum(run.failures.values())), json.dumps(run.failures), "0", "MISS")
+        if run.shards < MIN_SHARDS:
+            report.notes.append(f"{label} wrote {run.shards} shards (< {MIN_SHARDS})")
+    total = resume.shards_done + resume.shards_skipped
+    report.add(
+        f"LRS2: resume, {LRS2_RESUME_DETECTOR}, finished output",
+        f"{resume.wall_s:.2f} s",
+        f"{resume.shards_skipped} of {total} shards skipped, {resume.shards_done} redone; planning {resume.plan_s:.2f} s",
+        "every shard skipped",
+        verdict(resume.skipped_all),
+    )
+
+
+def add_projection_rows(report: Report, runs: dict[str, EndToEnd]) -> None:
+    """Wall time for the whole of LRS2 main and pretrain, per detector and machine, from the
+    measured processing frames/s of one worker (the assumptions go to the notes)."""
+    for subset, hours in LRS2_SUBSET_HOURS.items():
+        frames = hours * 3600 * FPS
+        for detector_name, run in runs.items():
+            per_worker = run.without_ray.fps
+            for machine, cores in PROJECTION_MACHINES:
+                linear_s = frames / max(cores * per_worker, 1e-9)
+                conservative_s = frames / max(cores / CORES_PER_WORKER_CONSERVATIVE * per_worker, 1e-9)
+                report.add(
+                    f"projection: LRS2 {subset} ({hours:g} h), {detector_name}, {machine}",
+                    f"{format_hours(linear_s)} ({format_hours(conservative_s)} conservative)",
+                    f"{frames / 1e6:.2f}M frames / ({cores} x {per_worker:.1f} frames/s) = {linear_s:,.0f} s; "
+                    f"conservative: / ({cores} / {CORES_PER_WORKER_CONSERVATIVE:g} x {per_worker:.1f}) = {conservative_s:,.0f} s",
+                )
+    report.notes.append(
+        f"LRS2 projections: frames = hours x 3600 x {FPS} fps; rate = workers x the processing-only "
+        "frames/s of one worker measured above on the fake tree (Ray start-up, planning and the "
+        "manifest are left out: a constant, small at this scale). Assumes linear scaling with one "
+        "Ray worker per core (workers = cores; shards are independent, nothing is shared), no I/O "
+        "or network limit, and pretrain clips processed as fast per frame as 2-s main clips "
+        "(pretrain clips are longer, so per-clip costs weigh less there). One worker really keeps "
+        f"~1.3-1.5 cores busy (ffmpeg decodes in its own process), so the conservative figure "
+        f"runs cores / {CORES_PER_WORKER_CONSERVATIVE:g} workers"
+    )
+
+
+def run_lrs2_section(args: argparse.Namespace, fixtures: list[Path], work: Path, command: list[str], report: Report) -> None:
+    """Build the fake LRS2 tree, measure it (floor, both detectors, resume) and add the rows."""
+    print(f"[bench] LRS2: building {args.lrs2_clips} clips of {LRS2_CLIP_SECONDS:g} s", file=sys.stderr)
+    tree = build_lrs2_tree(fixtures, work / "lrs2", args.lrs2_clips)
+    clips_by_split = prepare_lrs2(tree.root, subset=MAIN_SUBSET)
+    paths = [Path(c.path) for split in SPLITS for c in clips_by_split[split]]
+    shard_mb, _ = lrs2_shard_mb(clips_by_split)
+
+    print("[bench] LRS2: decode floor", file=sys.stderr)
+    decode = measure_decode(paths)
+    runs = {}
+    for detector_name in LRS2_DETECTORS:
+        print(f"[bench] LRS2: end to end, {detector_name}, 1 worker", file=sys.stderr)
+        runs[detector_name] = measure_end_to_end(
+            clips_by_split, work / f"lrs2_out_{detector_name}", 1, detector_name, command, shard_mb
+        )
+    print(f"[bench] LRS2: resume ({LRS2_RESUME_DETECTOR})", file=sys.stderr)
+    resume = measure_resume(clips_by_split, work / f"lrs2_out_{LRS2_RESUME_DETECTOR}", LRS2_RESUME_DETECTOR, command, shard_mb)
+    add_lrs2_rows(report, tree, decode, runs, resume, shard_mb)
+    add_projection_rows(report, runs)
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -454,7 +737,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """The command line (see --help)."""
     parser = argparse.ArgumentParser(
         description="Benchmark cals-prep: decode/detect floors, end to end on 1 and 2 Ray workers, "
-        "shard bytes per frame, peak RSS on a long 720p clip.",
+        "shard bytes per frame, peak RSS on a long 720p clip, and LRS2-shaped input with projections "
+        "for the real release.",
     )
     parser.add_argument("--minutes", type=float, default=DEFAULT_MINUTES, help="minutes of looped fixtures in the corpus (default %(default)s)")
     parser.add_argument("--long-minutes", type=float, default=DEFAULT_LONG_MINUTES, help="length of the 1280x720 memory-test clip (default %(default)s)")
@@ -463,9 +747,25 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--results", type=Path, default=None, help="markdown results file (default WORK/results.md)")
     parser.add_argument("--detector", choices=DETECTORS, default=DEFAULT_DETECTOR, help="face detector (default %(default)s)")
     parser.add_argument("--fixtures", type=Path, default=FIXTURE_DIR, help="folder of talk_*.mp4 fixture clips (default %(default)s)")
+    parser.add_argument(
+        "--lrs2",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help=f"LRS2 section: fake {LRS2_SIZE}x{LRS2_SIZE} main tree, decode floor, end to end with "
+        f"{' and '.join(LRS2_DETECTORS)}, resume, projections for the real release (default: on)",
+    )
+    parser.add_argument("--skip-lrs2", dest="lrs2", action="store_false", help="skip the LRS2 section (same as --no-lrs2)")
+    parser.add_argument(
+        "--lrs2-clips",
+        type=int,
+        default=DEFAULT_LRS2_CLIPS,
+        help=f"clips of {LRS2_CLIP_SECONDS:g} s in the fake LRS2 tree (default %(default)s)",
+    )
     args = parser.parse_args(argv)
     if args.minutes <= 0 or args.long_minutes <= 0:
         parser.error("--minutes and --long-minutes must be > 0")
+    if args.lrs2_clips < MIN_SHARDS:
+        parser.error(f"--lrs2-clips must be >= {MIN_SHARDS} (the end-to-end runs need that many shards)")
     return args
 
 
@@ -499,8 +799,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     add_floor_rows(report, decode, detect, args.detector)
 
     print("[bench] end to end, 1 then 2 workers", file=sys.stderr)
-    one = measure_end_to_end(corpus, work / "out_w1", 1, args.detector, command)
-    two = measure_end_to_end(corpus, work / "out_w2", 2, args.detector, command)
+    one = measure_end_to_end(prepare_folder(corpus, val=0, test=0), work / "out_w1", 1, args.detector, command)
+    two = measure_end_to_end(prepare_folder(corpus, val=0, test=0), work / "out_w2", 2, args.detector, command)
     add_end_to_end_rows(report, one, two, detect)
 
     if args.skip_long:
@@ -509,6 +809,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"[bench] long clip ({args.long_minutes:g} min, {LONG_WIDTH}x{LONG_HEIGHT})", file=sys.stderr)
         long_path = build_long_clip(args.fixtures / LONG_SOURCE, work / "long", args.long_minutes)
         add_long_rows(report, measure_long_clip(long_path, args.detector), args.long_minutes)
+
+    if args.lrs2:
+        run_lrs2_section(args, fixtures, work, command, report)
+    else:
+        report.notes.append("LRS2 section skipped (--skip-lrs2)")
 
     report.notes.append(
         "per core = frames/s divided by Ray workers; ffmpeg decodes in its own process with its own "

@@ -194,10 +194,11 @@ def score_clip(
 
 @dataclass(frozen=True)
 class ClipScore:
-    """A scored (or failed) clip: ``score`` is None and ``error`` says why when it failed."""
+    """A scored (or failed) clip: ``score`` is None and ``error`` says why when it failed;
+    ``num_frames`` is None when the clip could not even be decoded."""
 
     key: str
-    num_frames: int
+    num_frames: Optional[int]
     score: Optional[SyncScore] = None
     error: Optional[str] = None
 

@@ -2,8 +2,9 @@
 
 ``cals-sync score PATH --model syncnet_v2.model`` scores a video file, a folder of videos
 (searched recursively) or a dataset folder written by ``cals-prep`` (it has manifest.parquet).
-Raw videos go through the prep pipeline's own chain (25 fps, face detection and tracking,
-128x128 crops, 16 kHz audio), so a video and its prepared shard sample score the same.
+Raw videos go through the prep pipeline's own chain with its default settings (25 fps, face
+detection and tracking, 128x128 crops, 16 kHz audio), so a video scores exactly as the sample
+``cals-prep`` makes of it with the same defaults.
 """
 
 from __future__ import annotations
@@ -45,17 +46,15 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _iter_videos(videos: list[Path], root: Path, detector_name: str, mediapipe_model: str) -> Iterator[tuple[str, Any]]:
-    """``(display name, (frames, audio) or error text)`` per video, through the prep chain."""
+def _iter_videos(videos: list[Path], root: Path, detector: Any, params: Any) -> Iterator[tuple[str, Any]]:
+    """``(display name, (frames, audio) or error text)`` per video, through the prep chain
+    (``params``: pipeline.clip.PrepParams); closes ``detector`` at the end."""
     from cals.shard_format import decode_sample
-    from pipeline.clip import PrepParams, process_clip
+    from pipeline.clip import process_clip
     from pipeline.errors import ClipError
     from pipeline.manifest import ClipSource
     from pipeline.recipes.folder import make_key
-    from pipeline.stages.detect import make_detector
 
-    params = PrepParams(detector=detector_name, mediapipe_model=mediapipe_model)
-    detector = make_detector(detector_name, mediapipe_model)
     try:
         for video in videos:
             name = video.relative_to(root).as_posix() if video != root else video.name
@@ -104,11 +103,11 @@ def score(
     mediapipe_model: MediapipeModel = typer.Option(MediapipeModel.short, "--mediapipe-model", help="short: faces within ~2 m; full: small/distant faces."),
 ) -> None:
     """Score lip sync: per clip the AV offset (frames), LSE-D (min dist) and LSE-C (confidence)."""
+    import torch
+
     from cals.data import MANIFEST_FILE
     from cals.models.syncnet_v2 import load_syncnet_v2
-    from cals.sync_score import score_samples, summarise
-
-    import torch
+    from cals.sync_score import ClipScore, score_samples, summarise
 
     if not path.exists():
         fail(f"{path} does not exist")
@@ -134,24 +133,25 @@ def score(
         videos = find_videos(path) if path.is_dir() else [path]
         if not videos:
             fail(f"no video files ({' '.join(VIDEO_EXTENSIONS)}) and no {MANIFEST_FILE} in {path}")
-        inputs = _iter_videos(videos, path, detector.value, mediapipe_model.value)
+        from pipeline.clip import PrepParams
+        from pipeline.stages.detect import make_detector
 
-    failures: dict[str, str] = {}
+        try:
+            face_detector = make_detector(detector.value, mediapipe_model.value)
+        except (FileNotFoundError, ImportError, ValueError) as error:
+            fail(str(error))
+        params = PrepParams(detector=detector.value, mediapipe_model=mediapipe_model.value)
+        inputs = _iter_videos(videos, path, face_detector, params)
 
-    def decoded() -> Iterator[tuple[str, Any, Any]]:
+    results: list[ClipScore] = []
+    with err.status("scoring…"):
         for key, item in inputs:
             if isinstance(item, str):
-                failures[key] = item
-                continue
-            yield key, item[0], item[1]
-
-    with err.status("scoring…"):
-        results = list(score_samples(decoded(), network, vshift=vshift, batch_size=batch_size))
+                results.append(ClipScore(key=key, num_frames=None, error=item))
+            else:
+                results.extend(score_samples([(key, *item)], network, vshift=vshift, batch_size=batch_size))
     rows = [r.to_dict() for r in results]
-    rows += [{"clip": key, "num_frames": None, "offset": None, "min_dist": None, "conf": None, "error": why} for key, why in failures.items()]
-    rows.sort(key=lambda row: row["clip"])
     summary = summarise(results)
-    summary_dict = {**summary.to_dict(), "failed": summary.failed + len(failures)}
 
     table = Table(title=f"SyncNet scores ({model.name}, offsets -{vshift}..+{vshift})")
     for column, justify in (("clip", "left"), ("frames", "right"), ("offset", "right"), ("LSE-D", "right"), ("LSE-C", "right"), ("error", "left")):
@@ -166,12 +166,12 @@ def score(
     console = Console()
     console.print(table)
     console.print(
-        f"{summary.clips} scored, {summary_dict['failed']} failed; mean |offset| {_fmt(summary.mean_abs_offset, 2)} frames, "
+        f"{summary.clips} scored, {summary.failed} failed; mean |offset| {_fmt(summary.mean_abs_offset, 2)} frames, "
         f"LSE-D {_fmt(summary.mean_min_dist)}, LSE-C {_fmt(summary.mean_conf)}",
         highlight=False,
         soft_wrap=True,
     )
-    _write_outputs(rows, summary_dict, model, json_out, csv_out)
+    _write_outputs(rows, summary.to_dict(), model, json_out, csv_out)
     if summary.clips == 0:
         fail("no clip could be scored (see the error column)", code=1)
 

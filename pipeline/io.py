@@ -43,7 +43,7 @@ class Window:
         """ffmpeg input options (accurate seek: ffmpeg decodes from the previous keyframe and
         drops frames before ``start_s``; timestamps then restart at 0)."""
         options = {}
-        if self.start_s:
+        if self.start_s is not None and self.start_s > 0:
             options["ss"] = f"{self.start_s:.6f}"
         if self.end_s is not None:
             options["t"] = f"{self.end_s - (self.start_s or 0.0):.6f}"

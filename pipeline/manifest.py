@@ -78,6 +78,9 @@ MANIFEST_SCHEMA = pa.schema(
         ("mean_score", pa.float64()),
         ("audio_pad_samples", pa.int64()),
         ("transcript", pa.string()),
+        ("source_start_s", pa.float64()),  # the clip's span and crop in the source (null: whole)
+        ("source_end_s", pa.float64()),
+        ("source_crop", pa.list_(pa.int64())),  # x, y, width, height
     ]
 )
 
@@ -92,6 +95,9 @@ def manifest_row(source: ClipSource, **fields: Any) -> dict[str, Any]:
         split=source.split,
         speaker=source.speaker,
         transcript=source.transcript,
+        source_start_s=source.start_s,
+        source_end_s=source.end_s,
+        source_crop=list(source.crop) if source.crop else None,
     )
     unknown = set(fields) - set(row)
     if unknown:

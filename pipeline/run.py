@@ -48,8 +48,18 @@ TASK_MAX_RETRIES = 2
 CLIP_CRASH_LIMIT = 2
 #: Failure reasons that may pass on a second try (``--retry-failed`` redoes their shards).
 TRANSIENT_REASONS = ("worker_crash", "internal_error")
+#: Ray's switch for single-node mode: with it "0", Ray binds to 127.0.0.1 instead of the
+#: machine's routable address. Set for local runs (and loopback --address), never for a real
+#: cluster; it only takes effect if set before Ray is first imported in the process.
+RAY_SINGLE_NODE_ENV = ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 #: Environment of Ray workers: quiet native logs, one BLAS/OpenMP thread per task.
 WORKER_ENV = {"GLOG_minloglevel": "2", "TF_CPP_MIN_LOG_LEVEL": "3", "OMP_NUM_THREADS": "1"}
+
+
+def is_loopback(address: str) -> bool:
+    """True for Ray addresses on this machine's loopback (127.x, localhost, ::1)."""
+    host = address.split("://")[-1].rsplit(":", 1)[0].strip("[]")
+    return host == "localhost" or host.startswith("127.") or host == "::1"
 
 
 class OutputMismatch(Exception):
@@ -94,8 +104,11 @@ def estimate_clip_duration(clips: list[ClipSource]) -> float:
     sample = sorted(clips, key=lambda c: stable_fraction(c.key))[:PLAN_PROBE_CLIPS]
     durations = []
     for clip in sample:
+        if clip.end_s is not None:  # an annotated span: its own length, no probe needed
+            durations.append(clip.end_s - (clip.start_s or 0.0))
+            continue
         try:
-            durations.append(probe(clip.path).duration_s)
+            durations.append(probe(clip.path).duration_s - (clip.start_s or 0.0))
         except (ClipError, OSError):
             continue
     return max(sum(durations) / len(durations), 1.0 / FPS) if durations else 10.0
@@ -114,12 +127,13 @@ def plan_shards(clips_by_split: dict[str, list[ClipSource]], shard_mb: float, me
 
 
 def source_digest(clips_by_split: dict[str, list[ClipSource]], params: PrepParams) -> str:
-    """SHA-256 of the clip list (key, path, size) and the parameters: what resume must match."""
+    """SHA-256 of the parameters and every clip's full description (key, path, split, span,
+    crop, transcript, extra) and source file size: what resume must match."""
     digest = hashlib.sha256(json.dumps(params.to_dict(), sort_keys=True).encode())
     for split in SPLITS:
         for clip in clips_by_split.get(split, []):
             size = os.path.getsize(clip.path) if os.path.exists(clip.path) else -1
-            digest.update(f"{split}\0{clip.key}\0{clip.path}\0{size}\n".encode())
+            digest.update(json.dumps([clip.to_dict(), size], sort_keys=True, default=list).encode())
     return digest.hexdigest()
 
 
@@ -253,6 +267,8 @@ def run_prep(
     ``force`` (then shards whose digest differs are redone and shards no longer planned are
     removed). ``retry_failed`` redoes the shards whose clips failed for a transient reason.
     """
+    if address is None or is_loopback(address):
+        os.environ.setdefault(*RAY_SINGLE_NODE_ENV)
     import ray
     from rich.console import Console
 

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
 import pytest
+
+# Ray in single-node mode binds to 127.0.0.1 only (set before anything imports Ray): tests never
+# use the machine's routable address.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 #: ../shared beside the checkout (CI and developers have it; others skip the tests that need it).
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
