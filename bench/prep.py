@@ -764,7 +764,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.minutes <= 0 or args.long_minutes <= 0:
         parser.error("--minutes and --long-minutes must be > 0")
-    if args.lrs2_clips < MIN_SHARDS:
+    if args.lrs2 and args.lrs2_clips < MIN_SHARDS:
         parser.error(f"--lrs2-clips must be >= {MIN_SHARDS} (the end-to-end runs need that many shards)")
     return args
 

@@ -295,6 +295,36 @@ inspect_.__name__ = "inspect"
 app.registered_commands[-1].name = "inspect"
 
 
+@app.command()
+def stats(dataset: Path = typer.Argument(..., help="A dataset folder written by cals-prep (OUT/NAME).")) -> None:
+    """Print the manifest summary: clips, hours, speakers and frames per split; failures by reason."""
+    import pandas as pd
+    from rich.table import Table
+
+    from cals.data import MANIFEST_FILE
+    from pipeline.inspect import manifest_stats
+
+    if not (dataset / MANIFEST_FILE).is_file():
+        fail(f"{dataset / MANIFEST_FILE} is missing (not a cals-prep output, or the run never finished)")
+    summary = manifest_stats(dataset)
+    table = Table(title=f"{dataset}")
+    for column in ("split", "clips ok", "clips failed", "hours", "speakers", "frames"):
+        table.add_column(column, justify="left" if column == "split" else "right")
+    for split, row in summary.iterrows():
+        table.add_row(str(split), f"{int(row.clips_ok)}", f"{int(row.clips_failed)}", f"{row.hours:.3f}", f"{int(row.speakers)}", f"{int(row.frames)}")
+    console = Console()
+    console.print(table)
+    manifest = pd.read_parquet(dataset / MANIFEST_FILE, columns=["status", "reason"])
+    reasons = manifest[manifest.status != "ok"]["reason"].value_counts()
+    if len(reasons):
+        failures = Table(title="failures by reason")
+        failures.add_column("reason")
+        failures.add_column("clips", justify="right")
+        for reason, count in reasons.items():
+            failures.add_row(str(reason), str(count))
+        console.print(failures)
+
+
 def main() -> None:
     os.environ.setdefault("GLOG_minloglevel", "2")
     app()

@@ -1,8 +1,9 @@
-"""``cals-prep inspect``: a PNG contact sheet of samples, for a person to look at.
+"""``cals-prep inspect`` and ``stats``: what a person looks at.
 
-Each row is one sample: ``frames`` crops evenly spaced over the clip (green border: a real
-detection on that frame, orange: interpolated/held box), then the clip's log-mel under them,
-and a caption with key, split, frames and detection coverage.
+The contact sheet: each row is one sample, ``frames`` crops evenly spaced over the clip (green
+border: a real detection on that frame, orange: interpolated/held box), then the clip's log-mel
+under them, and a caption with key, split, frames and detection coverage. Below the rows, the
+corpus histograms from the manifest: clip length, detection coverage, failure reasons.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from cals.constants import CROP_SIZE
-from cals.data import iter_samples
+from cals.data import MANIFEST_FILE, iter_samples
 
 CAPTION_HEIGHT = 16
 MEL_HEIGHT = 48
@@ -61,7 +62,54 @@ def contact_sheet(dataset: str | Path, out_png: str | Path, samples: int = 8, fr
         rows.extend([np.asarray(caption), strip, _mel_image(sample.mel, width)])
     if not rows:
         raise FileNotFoundError(f"no samples to show in {dataset}")
+    manifest_path = Path(dataset) / MANIFEST_FILE
+    if manifest_path.is_file():
+        import pandas as pd
+
+        plots = histogram_image(pd.read_parquet(manifest_path), width)
+        rows.append(plots)
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.concatenate(rows, axis=0)).save(out_png)
     return out_png
+
+
+def histogram_image(manifest: "pd.DataFrame", width: int) -> np.ndarray:
+    """Three panels as an ``(H, width, 3)`` uint8 image: length of ok clips (s), detection
+    coverage of ok clips (share of examined frames with a face), failed clips by reason."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = manifest[manifest.status == "ok"]
+    failed = manifest[manifest.status != "ok"]
+    dpi = 100
+    figure, axes = plt.subplots(1, 3, figsize=(width / dpi, 2.6), dpi=dpi)
+    axes[0].hist(ok["duration_s"].dropna(), bins=30, color="#3b7dd8")
+    axes[0].set(title=f"clip length, {len(ok)} ok clips", xlabel="seconds", ylabel="clips")
+    axes[1].hist(ok["detect_ratio"].dropna(), bins=np.linspace(0, 1, 21), color="#28a745")
+    axes[1].set(title="detection coverage", xlabel="share of examined frames with a face", ylabel="clips")
+    counts = failed["reason"].value_counts()
+    axes[2].barh(counts.index.tolist() or ["none"], counts.tolist() or [0], color="#e8590c")
+    axes[2].set(title=f"failures: {len(failed)} of {len(manifest)} clips", xlabel="clips")
+    figure.tight_layout()
+    figure.canvas.draw()
+    image = np.asarray(figure.canvas.buffer_rgba())[..., :3].copy()
+    plt.close(figure)
+    return image
+
+
+def manifest_stats(dataset: str | Path) -> "pd.DataFrame":
+    """Per split: clips ok and failed, hours of prepared video, speakers, frames."""
+    import pandas as pd
+
+    manifest = pd.read_parquet(Path(dataset) / MANIFEST_FILE)
+    ok = manifest.status == "ok"
+    table = manifest.assign(ok=ok, failed=~ok, hours=manifest["duration_s"].where(ok, 0.0) / 3600, frames=manifest["num_frames"].where(ok, 0))
+    summary = table.groupby("split").agg(
+        clips_ok=("ok", "sum"), clips_failed=("failed", "sum"), hours=("hours", "sum"),
+        speakers=("speaker", "nunique"), frames=("frames", "sum"),
+    )
+    summary.loc["all"] = [ok.sum(), (~ok).sum(), summary["hours"].sum(), manifest["speaker"].nunique(), summary["frames"].sum()]
+    return summary

@@ -79,7 +79,15 @@ def test_folder_verify_inspect_and_corruption_is_caught(tmp_path):
     from PIL import Image
 
     with Image.open(png) as image:
-        assert image.size[0] == 8 * (128 + 6) and image.size[1] > 128
+        one_sample = 16 + (128 + 6) + 48  # caption, crops, mel
+        assert image.size[0] == 8 * (128 + 6)
+        assert image.size[1] > one_sample + 200, "the manifest histograms are drawn under the samples"
+    result = runner.invoke(app, ["stats", str(dataset)])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    train_row = next(line for line in lines if "train" in line)
+    assert [cell.strip() for cell in train_row.strip("│ ").split("│")][:3] == ["train", "1", "1"]
+    assert "no_audio" in result.output
     # Flip bytes inside the frames member of the shard: verify must say so and exit 1.
     shard = next(dataset.glob("train-*.tar"))
     data = bytearray(shard.read_bytes())
