@@ -13,6 +13,8 @@ Members of sample ``KEY`` (tar entries ``KEY.<member>``):
 ``boxes.npy``       float32 ``(T, 4)`` square crop box per frame, source pixels, x0 y0 x1 y1.
 ``scores.npy``      float32 ``(T,)`` detector score of the frame's own detection, 0 where the
                     box was interpolated or held (no detection on that frame).
+``lip.npy``         optional (added by ``cals-prep units``): float16 ``(T, D)`` lip-motion units,
+                    one per frame; ``json.lip_units`` says which model made them.
 ``json``            metadata (UTF-8, sorted keys), see :data:`REQUIRED_META`.
 ==================  ==========================================================================
 """
@@ -24,7 +26,7 @@ import io
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import numpy as np
 import soundfile
@@ -47,6 +49,7 @@ MEL_MEMBER = "mel.npy"
 AUDIO_MEMBER = "audio.flac"
 BOXES_MEMBER = "boxes.npy"
 SCORES_MEMBER = "scores.npy"
+LIP_MEMBER = "lip.npy"
 META_MEMBER = "json"
 
 #: Keys every sample's metadata carries.
@@ -94,6 +97,7 @@ class ClipSample:
         boxes: ``(T, 4)`` float32 crop boxes, source pixels, x0 y0 x1 y1.
         scores: ``(T,)`` float32 detection score per frame (0 = interpolated/held).
         meta: the metadata dict (see :data:`REQUIRED_META`).
+        lip: ``(T, D)`` float16 lip-motion units, or None when the shards have none yet.
     """
 
     key: str
@@ -103,6 +107,7 @@ class ClipSample:
     boxes: np.ndarray
     scores: np.ndarray
     meta: dict[str, Any] = field(default_factory=dict)
+    lip: Optional[np.ndarray] = None
 
     @property
     def num_frames(self) -> int:
@@ -186,7 +191,7 @@ def encode_sample(
 ) -> dict[str, Any]:
     """ClipSample → WebDataset dict of bytes (``__key__`` plus members). Deterministic."""
     blobs = encode_frames(sample.frames, codec, quality)
-    return pack_sample(sample.key, blobs, codec, sample.mel, sample.audio, sample.boxes, sample.scores, sample.meta, quality)
+    return pack_sample(sample.key, blobs, codec, sample.mel, sample.audio, sample.boxes, sample.scores, sample.meta, quality, sample.lip)
 
 
 def pack_sample(
@@ -199,6 +204,7 @@ def pack_sample(
     scores: np.ndarray,
     meta: Mapping[str, Any],
     quality: int = JPEG_QUALITY_DEFAULT,
+    lip: Optional[np.ndarray] = None,
 ) -> dict[str, Any]:
     """Frames already encoded one image each (:func:`encode_frames`) plus arrays → the
     WebDataset dict. The pipeline uses this to encode frames while streaming."""
@@ -221,6 +227,8 @@ def pack_sample(
         BOXES_MEMBER: _npy_bytes(boxes.astype(np.float32)),
         SCORES_MEMBER: _npy_bytes(scores.astype(np.float32)),
     }
+    if lip is not None:
+        members[LIP_MEMBER] = _npy_bytes(lip.astype(np.float16))
     meta["member_sha1"] = {name: hashlib.sha1(blob).hexdigest() for name, blob in members.items()}
     members[META_MEMBER] = json.dumps(meta, sort_keys=True, ensure_ascii=False).encode("utf-8")
     return {"__key__": key, **members}
@@ -261,6 +269,7 @@ def decode_sample(raw: Mapping[str, Any], frames: bool = True) -> ClipSample:
         boxes=_npy_load(raw[BOXES_MEMBER]),
         scores=_npy_load(raw[SCORES_MEMBER]),
         meta=meta,
+        lip=_npy_load(raw[LIP_MEMBER]) if LIP_MEMBER in raw else None,
     )
 
 
@@ -291,6 +300,10 @@ def check_sample(sample: ClipSample, frames_decoded: bool = True) -> list[str]:
         problems.append(f"boxes {sample.boxes.shape} {sample.boxes.dtype}, expected ({T}, 4) float32")
     elif not np.all(sample.boxes[:, 2:] > sample.boxes[:, :2]):
         problems.append("a box has x1 <= x0 or y1 <= y0")
+    if sample.lip is not None:
+        dim = (meta.get("lip_units") or {}).get("dim")
+        if sample.lip.shape != (T, dim) or sample.lip.dtype != np.float16:
+            problems.append(f"lip {sample.lip.shape} {sample.lip.dtype}, expected ({T}, {dim}) float16 (json.lip_units.dim)")
     if sample.scores.shape != (T,):
         problems.append(f"scores {sample.scores.shape}, expected ({T},)")
     elif int(np.count_nonzero(sample.scores)) != meta.get("frames_detected"):

@@ -1,0 +1,356 @@
+"""Streaming training data: shards → shuffled, windowed, augmented, collated batches.
+
+Shared by every ``cals-train`` command. A chain of small WebDataset stages, shuffled *before*
+decoding (the buffer holds compressed samples), decoding only the frames of the window used:
+
+    shards (resampled, or split by rank then by worker)
+      → tar samples → shuffle(buffer) → check compatibility → random window (decode)
+      → [noise at an SNR, mel recomputed with cals.mel] → [SpecAugment] → batch (pad + mask)
+
+Resampled (default): every rank and loader worker draws shards with replacement from its own
+seeded stream (seed, rank, worker, epoch), so no rank ever starves and ranks see different
+samples; an epoch is a number of batches set on the loader. Not resampled: shards are split by
+rank, then by worker, and there must be at least ranks x workers shards.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
+
+import numpy as np
+import webdataset as wds
+
+from cals.constants import AUDIO_SAMPLES_PER_FRAME, MEL_HOP, MEL_ROWS_PER_FRAME, N_MELS, SAMPLE_RATE
+from cals.data import shard_paths
+from cals.mel import MEL_PARAMS, log_mel
+from cals.shard_format import (
+    AUDIO_MEMBER,
+    FORMAT_VERSION,
+    FRAME_CODECS,
+    LIP_MEMBER,
+    MEL_MEMBER,
+    META_MEMBER,
+    _npy_load,
+    decode_audio,
+    decode_frames,
+)
+
+
+class ShardMismatch(ValueError):
+    """Shards prepared differently from what the run expects (mel, format, lip units)."""
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Audio augmentation (off by default). Noise and SpecAugment as in the CALS paper.
+
+    Attributes:
+        noise_files: wav files of noise (any rate/channels: read, downmixed, resampled to 16 kHz).
+        snr_db: (low, high) SNR range in dB, drawn uniformly per window.
+        noise_prob: probability that a window gets noise.
+        time_masks, time_mask_rows: SpecAugment time masks per window and their largest width in
+            mel rows (the paper: up to 10).
+        freq_masks, freq_mask_bins: frequency masks per window and their largest width in mel
+            bins (the paper: up to 20).
+    """
+
+    noise_files: tuple[str, ...] = ()
+    snr_db: tuple[float, float] = (0.0, 20.0)
+    noise_prob: float = 0.5
+    time_masks: int = 0
+    time_mask_rows: int = 10
+    freq_masks: int = 0
+    freq_mask_bins: int = 20
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """What to stream and how.
+
+    Attributes:
+        shards: dataset folder (``OUT/<name>``), brace pattern, or list of shard paths/URLs.
+        split: with a dataset folder, the split to read.
+        batch_size: windows per batch.
+        window: frames per window; None = the whole utterance up to ``max_frames``.
+        max_frames: cap on window length, frames.
+        shuffle_buffer: compressed samples held for shuffling (0 = no shuffle).
+        resampled: draw shards with replacement (an endless stream; see module doc).
+        num_workers: DataLoader worker processes.
+        seed: base seed of shard order, shuffling and windows.
+        epoch: mixes into every seed; the trainer bumps it to re-seed the stream.
+        frames: decode face crops (False: audio/mel/lip only).
+        lip_units: require ``lip.npy`` and batch it.
+        lip_kind, lip_dim: expected ``json.lip_units`` kind and dim (None: take the shards').
+        augment: audio augmentation.
+    """
+
+    shards: Any
+    split: Optional[str] = "train"
+    batch_size: int = 8
+    window: Optional[int] = None
+    max_frames: int = 250
+    shuffle_buffer: int = 100
+    resampled: bool = True
+    num_workers: int = 0
+    seed: int = 0
+    epoch: int = 0
+    frames: bool = True
+    lip_units: bool = False
+    lip_kind: Optional[str] = None
+    lip_dim: Optional[int] = None
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+def _meta(raw: dict) -> dict:
+    return json.loads(raw[META_MEMBER])
+
+
+def check_compatible(meta: dict, config: StreamConfig) -> None:
+    """Raise ShardMismatch naming both sides when a sample does not fit the run."""
+    key = meta.get("key")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ShardMismatch(f"sample {key}: shard format version {meta.get('format_version')}, this code reads {FORMAT_VERSION}")
+    if meta.get("mel_params") != MEL_PARAMS.to_dict():
+        theirs, ours = meta.get("mel_params") or {}, MEL_PARAMS.to_dict()
+        differ = {k: (theirs.get(k), ours[k]) for k in ours if theirs.get(k) != ours[k]}
+        raise ShardMismatch(f"sample {key}: mel parameters differ (shards vs run): {differ}")
+    if config.lip_units:
+        units = meta.get("lip_units")
+        if not units:
+            raise ShardMismatch(f"sample {key}: no lip units in the shards; run `cals-prep units` first")
+        if config.lip_kind is not None and units.get("kind") != config.lip_kind:
+            raise ShardMismatch(f"sample {key}: lip units of kind {units.get('kind')!r}, the run expects {config.lip_kind!r}")
+        if config.lip_dim is not None and units.get("dim") != config.lip_dim:
+            raise ShardMismatch(f"sample {key}: lip units of dim {units.get('dim')}, the run expects {config.lip_dim}")
+
+
+def worker_seed(config: StreamConfig) -> int:
+    """Seed of this rank and loader worker (distinct per rank, worker, epoch and base seed)."""
+    rank, _, worker, _ = wds.utils.pytorch_worker_info()
+    return hash((config.seed, config.epoch, rank, worker)) & 0x7FFFFFFF
+
+
+def cut_window(raw: dict, config: StreamConfig, rng: random.Random) -> dict[str, Any]:
+    """Decode one random window of a raw sample.
+
+    Returns a dict: ``key``, ``start`` and ``length`` (frames), ``frames`` (W,128,128,3) uint8
+    (absent when ``config.frames`` is False), ``audio`` (640W,) int16, ``mel`` (4W, 80) float32,
+    ``lip`` (W, D) float32 when ``config.lip_units``; ``context_audio`` is the window's audio
+    plus up to one frame on each side (for augmentation), with ``context_offset`` samples before.
+    """
+    meta = _meta(raw)
+    total = int(meta["num_frames"])
+    length = min(total, config.window or config.max_frames, config.max_frames)
+    start = rng.randint(0, total - length)
+    audio = decode_audio(raw[AUDIO_MEMBER])
+    a0 = max(0, (start - 1) * AUDIO_SAMPLES_PER_FRAME)
+    a1 = min(audio.shape[0], (start + length + 1) * AUDIO_SAMPLES_PER_FRAME)
+    window = {
+        "key": raw["__key__"],
+        "start": start,
+        "length": length,
+        "audio": audio[start * AUDIO_SAMPLES_PER_FRAME : (start + length) * AUDIO_SAMPLES_PER_FRAME],
+        "context_audio": audio[a0:a1],
+        "context_offset": start * AUDIO_SAMPLES_PER_FRAME - a0,
+        "mel": _npy_load(raw[MEL_MEMBER])[start * MEL_ROWS_PER_FRAME : (start + length) * MEL_ROWS_PER_FRAME].astype(np.float32),
+    }
+    if config.frames:
+        member = FRAME_CODECS[meta["frame_codec"]]
+        window["frames"] = decode_frames(raw[member], meta["frame_sizes"], range(start, start + length))
+    if config.lip_units:
+        window["lip"] = _npy_load(raw[LIP_MEMBER])[start : start + length].astype(np.float32)
+    return window
+
+
+def _load_noise(path: str) -> np.ndarray:
+    """A noise file as float32 mono at 16 kHz in [-1, 1]."""
+    import soundfile
+    from scipy.signal import resample_poly
+
+    data, rate = soundfile.read(path, dtype="float32", always_2d=True)
+    mono = data.mean(axis=1)
+    if rate != SAMPLE_RATE:
+        from math import gcd
+
+        g = gcd(SAMPLE_RATE, rate)
+        mono = resample_poly(mono, SAMPLE_RATE // g, rate // g).astype(np.float32)
+    return mono
+
+
+def add_noise(window: dict, noises: Sequence[np.ndarray], augment: AugmentConfig, rng: random.Random) -> dict:
+    """Mix a random noise excerpt into the window's audio at a random SNR, then recompute its mel
+    with :func:`cals.mel.log_mel` (the pipeline's code), framed exactly as the shards' mel."""
+    if not noises or rng.random() >= augment.noise_prob:
+        return window
+    speech = window["context_audio"].astype(np.float64)  # int16 units: zero noise is an exact identity
+    noise = noises[rng.randrange(len(noises))] * 32768.0
+    if noise.shape[0] < speech.shape[0]:
+        noise = np.tile(noise, int(np.ceil(speech.shape[0] / max(noise.shape[0], 1))))
+    offset = rng.randint(0, noise.shape[0] - speech.shape[0])
+    excerpt = noise[offset : offset + speech.shape[0]]
+    snr = rng.uniform(*augment.snr_db)
+    speech_power = float(np.mean(speech**2)) + 1e-10
+    noise_power = float(np.mean(excerpt**2)) + 1e-10
+    mixed = speech + excerpt * np.sqrt(speech_power / (noise_power * 10 ** (snr / 10)))
+    mixed_int = np.clip(np.round(mixed), -32768, 32767).astype(np.int16)
+    first_row = window["context_offset"] // MEL_HOP  # context_offset is a whole number of frames
+    rows = window["length"] * MEL_ROWS_PER_FRAME
+    window["mel"] = log_mel(mixed_int)[first_row : first_row + rows]
+    start = window["context_offset"]
+    window["audio"] = mixed_int[start : start + window["length"] * AUDIO_SAMPLES_PER_FRAME]
+    window["snr_db"] = snr
+    return window
+
+
+def spec_augment(window: dict, augment: AugmentConfig, rng: random.Random) -> dict:
+    """Zero ``time_masks`` spans of up to ``time_mask_rows`` mel rows and ``freq_masks`` spans
+    of up to ``freq_mask_bins`` mel bins (set to the mel floor, i.e. silence)."""
+    mel = window["mel"]
+    silence = np.float32(np.log10(MEL_PARAMS.floor))
+    for _ in range(augment.time_masks):
+        width = rng.randint(0, augment.time_mask_rows)
+        start = rng.randint(0, max(0, mel.shape[0] - width))
+        mel[start : start + width] = silence
+    for _ in range(augment.freq_masks):
+        width = rng.randint(0, augment.freq_mask_bins)
+        start = rng.randint(0, max(0, N_MELS - width))
+        mel[:, start : start + width] = silence
+    return window
+
+
+def collate(windows: Sequence[dict]) -> dict[str, Any]:
+    """Pad windows to the longest in the batch; ``mask`` (B, W) bool is True on real frames.
+
+    Returns torch tensors: ``frames`` (B, W, 128, 128, 3) uint8, ``mel`` (B, 4W, 80) float32,
+    ``audio`` (B, 640W) int16, ``lip`` (B, W, D) float32 (when present), ``mask``, ``lengths``
+    (B,) int64, plus ``keys`` and ``starts`` lists.
+    """
+    import torch
+
+    longest = max(w["length"] for w in windows)
+    batch: dict[str, Any] = {
+        "keys": [w["key"] for w in windows],
+        "starts": [w["start"] for w in windows],
+        "lengths": torch.tensor([w["length"] for w in windows], dtype=torch.int64),
+    }
+    batch["mask"] = torch.arange(longest)[None, :] < batch["lengths"][:, None]
+
+    def stack(name: str, per_frame: int, dtype) -> None:
+        first = windows[0][name]
+        out = np.zeros((len(windows), longest * per_frame, *first.shape[1:]), dtype=dtype)
+        for i, w in enumerate(windows):
+            out[i, : w[name].shape[0]] = w[name]
+        batch[name] = torch.from_numpy(out)
+
+    stack("mel", MEL_ROWS_PER_FRAME, np.float32)
+    stack("audio", AUDIO_SAMPLES_PER_FRAME, np.int16)
+    if "frames" in windows[0]:
+        stack("frames", 1, np.uint8)
+    if "lip" in windows[0]:
+        stack("lip", 1, np.float32)
+    return batch
+
+
+def _windows(config: StreamConfig) -> Callable[[Iterable[dict]], Iterator[dict]]:
+    """The stage that checks, cuts and augments; one RNG per loader worker."""
+
+    def stage(samples: Iterable[dict]) -> Iterator[dict]:
+        rng = random.Random(worker_seed(config) + 1)
+        noises = [_load_noise(p) for p in config.augment.noise_files]
+        for raw in samples:
+            check_compatible(_meta(raw), config)
+            window = cut_window(raw, config, rng)
+            window = add_noise(window, noises, config.augment, rng)
+            window = spec_augment(window, config.augment, rng)
+            window.pop("context_audio")
+            yield window
+
+    return stage
+
+
+def _shuffle(config: StreamConfig) -> Callable[[Iterable[dict]], Iterator[dict]]:
+    """Shuffle compressed samples in a buffer, seeded per rank/worker."""
+
+    def stage(samples: Iterable[dict]) -> Iterator[dict]:
+        rng = random.Random(worker_seed(config))
+        buffer: list[dict] = []
+        for sample in samples:
+            buffer.append(sample)
+            if len(buffer) >= config.shuffle_buffer:
+                yield buffer.pop(rng.randrange(len(buffer)))
+        rng.shuffle(buffer)
+        yield from buffer
+
+    return stage
+
+
+def check_shard_count(urls: Sequence[str], config: StreamConfig, world_size: int) -> None:
+    """Without resampling, every rank's every worker needs at least one shard of its own."""
+    needed = world_size * max(1, config.num_workers)
+    if not config.resampled and len(urls) < needed:
+        raise ValueError(
+            f"{len(urls)} shards for {world_size} rank(s) x {max(1, config.num_workers)} loader worker(s): "
+            f"some would get none. Use resampled streaming (the default), fewer workers, or smaller --shard-mb."
+        )
+
+
+def make_dataset(config: StreamConfig, world_size: int = 1) -> wds.DataPipeline:
+    """The pipeline of stages (an IterableDataset yielding collated batches)."""
+    urls = shard_paths(config.shards, config.split)
+    check_shard_count(urls, config, world_size)
+    if config.resampled:
+        source = [wds.ResampledShards(urls, worker_seed=lambda: worker_seed(config), deterministic=True)]
+    else:
+        source = [wds.SimpleShardList(urls), wds.split_by_node, wds.split_by_worker]
+    stages = [
+        *source,
+        wds.tarfile_to_samples(handler=wds.reraise_exception),
+    ]
+    if config.shuffle_buffer > 0:
+        stages.append(_shuffle(config))
+    stages += [_windows(config), wds.batched(config.batch_size, collation_fn=collate, partial=not config.resampled)]
+    return wds.DataPipeline(*stages)
+
+
+def make_loader(config: StreamConfig, batches_per_epoch: Optional[int] = None, world_size: int = 1):
+    """A WebLoader over :func:`make_dataset`; with ``batches_per_epoch`` an epoch ends after that
+    many batches (needed for the endless resampled stream)."""
+    loader = wds.WebLoader(
+        make_dataset(config, world_size),
+        batch_size=None,
+        num_workers=config.num_workers,
+        persistent_workers=False,
+    )
+    return loader.with_epoch(batches_per_epoch) if batches_per_epoch else loader
+
+
+def mean_lip_unit(source: Any, split: str = "train", limit: int = 10_000) -> Optional[np.ndarray]:
+    """Mean lip unit over up to ``limit`` frames of a split (the trivial baseline predictor)."""
+    from cals.data import iter_samples
+
+    total, count = None, 0
+    for sample in iter_samples(source, split=split, frames=False):
+        if sample.lip is None:
+            return None
+        lip = sample.lip.astype(np.float64)
+        total = lip.sum(axis=0) if total is None else total + lip.sum(axis=0)
+        count += lip.shape[0]
+        if count >= limit:
+            break
+    return None if total is None else (total / count).astype(np.float32)
+
+
+__all__ = [
+    "AugmentConfig",
+    "ShardMismatch",
+    "StreamConfig",
+    "check_compatible",
+    "collate",
+    "cut_window",
+    "make_dataset",
+    "make_loader",
+    "mean_lip_unit",
+]
