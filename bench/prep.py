@@ -398,20 +398,23 @@ def build_lrs2_tree(fixtures: list[Path], root: Path, clips: int) -> Lrs2Tree:
 
 
 def lrs2_shard_mb(clips_by_split: dict[str, list[ClipSource]]) -> tuple[float, int]:
-    """The largest ``shard_mb`` whose plan has >= MIN_SHARDS shards, and that number of shards.
+    """A ``shard_mb`` that gives >= MIN_SHARDS shards, and that number of shards.
 
-    Planned as run_prep plans (the same clip-duration estimate and plan_shards); the size sits
-    half a clip above a whole number of clips, so rounding cannot tip the plan.
+    The largest split is cut into about MIN_SHARDS equal shards (fewer clips per shard if the
+    plan still falls short). Planned as run_prep plans (the same clip-duration estimate and
+    plan_shards); the size sits half a clip above a whole number of clips, so rounding cannot
+    tip the plan.
     """
     every = [c for split in SPLITS for c in clips_by_split.get(split, [])]
     mean_s = estimate_clip_duration(every)
     clip_mb = mean_s * FPS * BYTES_PER_FRAME_ESTIMATE / 1e6
-    for per_shard in range(max(len(c) for c in clips_by_split.values()), 0, -1):
+    per_shard = max(1, math.ceil(max(len(c) for c in clips_by_split.values()) / MIN_SHARDS))
+    while True:
         shard_mb = (per_shard + 0.5) * clip_mb
         shards = len(plan_shards(clips_by_split, shard_mb, mean_s))
-        if shards >= MIN_SHARDS:
+        if shards >= MIN_SHARDS or per_shard == 1:
             return shard_mb, shards
-    return SHARD_MB, len(plan_shards(clips_by_split, SHARD_MB, mean_s))
+        per_shard -= 1
 
 
 # ----------------------------------------------------------------------------- measurements
@@ -635,8 +638,8 @@ def add_long_rows(report: Report, long_clip: LongClip, minutes: float) -> None:
 
 
 def format_hours(seconds: float) -> str:
-    """``X.X h``, or ``X min`` below an hour."""
-    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
+    """``X.X h``, or ``X.X min`` below an hour."""
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
 
 
 def add_lrs2_rows(
