@@ -1,0 +1,233 @@
+"""The training loop every ``cals-train`` command runs. It reads top to bottom:
+
+    setup (device, DDP, seed) → task → resume? → for each data segment: for each batch:
+        task.train_step → log → validate? → checkpoint at the segment's end → final checkpoint
+
+A *task* (sync critic, A2L, CALS) owns its models, optimizers and losses (see :class:`Task`);
+the loop owns data, time, logs, validation, checkpoints and resume, so all trainers share one
+implementation of the parts people must trust.
+
+Exact resume: the data stream is re-seeded at every checkpoint. Steps
+``[k * ckpt_every, (k + 1) * ckpt_every)`` read stream epoch ``k``, so a run resumed from the
+checkpoint at step ``k * ckpt_every`` reads the same batches an uninterrupted run would, with
+the same weights, optimizer state, learning rate and RNG state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Iterable, Optional, Protocol
+
+import numpy as np
+import torch
+
+from cals.shard_format import FORMAT_VERSION
+from cals.stream import StreamConfig, make_loader
+from cals.train.checkpoint import CONFIG_FILE, latest, read_json, save_checkpoint, set_rng_state, write_json
+from cals.train.config import TrainConfig
+
+
+class Task(Protocol):
+    """What the loop needs from a trainer.
+
+    ``name``: e.g. "sync_critic"; ``config``: the task's own settings (dataclass with to_dict);
+    ``stream``: the StreamConfig fields the task needs (window, lip units, frames...).
+    """
+
+    name: str
+
+    def task_config(self) -> dict[str, Any]: ...
+
+    def stream_overrides(self) -> dict[str, Any]: ...
+
+    def setup(self, device: torch.device, train: TrainConfig, distributed: bool) -> None: ...
+
+    def train_step(self, batch: dict[str, Any], step: int, lr: float) -> dict[str, float]: ...
+
+    def validate(self, batches: Iterable[dict[str, Any]]) -> dict[str, float]: ...
+
+    def weights(self) -> dict[str, torch.Tensor]: ...
+
+    def state(self) -> dict[str, Any]: ...
+
+    def load_state(self, weights: dict[str, torch.Tensor], state: dict[str, Any]) -> None: ...
+
+
+def resolve_device(name: Optional[str]) -> torch.device:
+    if name:
+        return torch.device(name)
+    if torch.cuda.is_available():
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        return torch.device(f"cuda:{local_rank}")
+    return torch.device("cpu")
+
+
+def setup_distributed(device: torch.device) -> tuple[int, int]:
+    """Join the process group when started by torchrun (RANK/WORLD_SIZE set): gloo on CPU,
+    nccl on CUDA. Returns (rank, world_size)."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def learning_rate(step: int, train: TrainConfig) -> float:
+    """Linear warm-up over ``warmup_steps``, then constant ``lr``."""
+    if train.warmup_steps and step < train.warmup_steps:
+        return train.lr * (step + 1) / train.warmup_steps
+    return train.lr
+
+
+class Logger:
+    """metrics.jsonl + TensorBoard events + a rich progress line; rank 0 only."""
+
+    def __init__(self, out: Path, total_steps: int, start_step: int, enabled: bool, show: bool) -> None:
+        self.enabled = enabled
+        self.jsonl = None
+        self.board = None
+        self.progress = None
+        if not enabled:
+            return
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.jsonl = open(out / "metrics.jsonl", "a", encoding="utf-8")
+        self.board = SummaryWriter(str(out / "tb"))
+        self.progress = Progress(
+            TextColumn("[bold]step"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(), console=Console(stderr=True), disable=not show,
+        )
+        self.progress.start()
+        self.bar = self.progress.add_task("train", total=total_steps, completed=start_step, status="")
+
+    def record(self, step: int, split: str, metrics: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        self.jsonl.write(json.dumps({"step": step, "split": split, "time": time.time(), **metrics}) + "\n")
+        self.jsonl.flush()
+        for name, value in metrics.items():
+            self.board.add_scalar(f"{split}/{name}", value, step)
+
+    def status(self, step: int, text: str) -> None:
+        if self.enabled:
+            self.progress.update(self.bar, completed=step, status=text)
+
+    def image(self, tag: str, image_hwc: np.ndarray, step: int) -> None:
+        if self.enabled:
+            self.board.add_image(tag, image_hwc, step, dataformats="HWC")
+
+    def close(self) -> None:
+        if self.enabled:
+            self.progress.stop()
+            self.jsonl.close()
+            self.board.close()
+
+
+def _check_resume_config(out: Path, task: Task, train: TrainConfig) -> None:
+    saved = read_json(out / CONFIG_FILE)
+    if saved.get("task") != task.name or saved.get("task_config") != task.task_config():
+        raise ValueError(
+            f"{out} holds a {saved.get('task')} run with settings {saved.get('task_config')}; "
+            f"this run is {task.name} with {task.task_config()}. Use another --out, or the same settings."
+        )
+    if saved.get("train", {}).get("ckpt_every") != train.ckpt_every:
+        raise ValueError(f"--ckpt-every must stay {saved['train']['ckpt_every']} to resume exactly (data segments)")
+
+
+def run(task: Task, train: TrainConfig, show_progress: bool = True) -> dict[str, Any]:
+    """Train ``task`` for ``train.steps`` optimizer steps. Returns the last metrics."""
+    device = resolve_device(train.device)
+    rank, world = setup_distributed(device)
+    main_process = rank == 0
+    out = Path(train.out)
+    out.mkdir(parents=True, exist_ok=True)
+    seed_everything(train.seed + rank)
+    task.setup(device, train, distributed=world > 1)
+
+    step = 0
+    checkpoint = latest(out) if train.resume else None
+    if train.resume and (out / CONFIG_FILE).is_file():
+        _check_resume_config(out, task, train)
+    if checkpoint:
+        from safetensors.torch import load_file
+
+        state = torch.load(out / checkpoint["state"], map_location="cpu", weights_only=False)
+        task.load_state(load_file(str(out / checkpoint["weights"])), state)
+        set_rng_state(state["rng"])
+        step = state["step"]
+    elif (out / CONFIG_FILE).is_file() and latest(out) is not None and not train.resume:
+        raise FileExistsError(f"{out} already holds checkpoints: pass --resume to continue, or choose another --out")
+    if main_process:
+        write_json(out / CONFIG_FILE, {"task": task.name, "task_config": task.task_config(), "train": train.to_dict(), "format_version": FORMAT_VERSION})
+
+    stream = StreamConfig(shards=train.shards, split=train.train_split, batch_size=train.batch_size, window=train.window,
+                          num_workers=train.num_workers, seed=train.seed, **task.stream_overrides())
+    logger = Logger(out, train.steps, step, enabled=main_process, show=show_progress)
+    metrics: dict[str, float] = {}
+    try:
+        while step < train.steps:
+            segment = step // train.ckpt_every
+            segment_end = min((segment + 1) * train.ckpt_every, train.steps)
+            skip = step - segment * train.ckpt_every  # > 0 only when resuming from a final checkpoint
+            loader = make_loader(replace(stream, epoch=segment), batches_per_epoch=segment_end - segment * train.ckpt_every, world_size=world)
+            waited, started = 0.0, time.perf_counter()
+            batches = iter(loader)
+            for _ in range(skip):
+                next(batches)
+            while step < segment_end:
+                fetch = time.perf_counter()
+                batch = next(batches)
+                waited += time.perf_counter() - fetch
+                lr = learning_rate(step, train)
+                metrics = task.train_step(batch, step, lr)
+                step += 1
+                if step % train.log_every == 0 or step == segment_end:
+                    elapsed = time.perf_counter() - started
+                    rate = {"samples_per_s": len(batch["keys"]) * world * (step - segment * train.ckpt_every - skip) / max(elapsed, 1e-9),
+                            "data_wait": waited / max(elapsed, 1e-9), "lr": lr}
+                    logger.record(step, "train", {**metrics, **rate})
+                    logger.status(step, " ".join(f"{k} {v:.4g}" for k, v in list(metrics.items())[:3]) + f" | {rate['samples_per_s']:.1f} samples/s, data wait {100 * rate['data_wait']:.0f}%")
+                if train.val_every and step % train.val_every == 0 or step == train.steps:
+                    validation = validate(task, train, stream)
+                    if validation:
+                        logger.record(step, "val", validation)
+                        metrics = {**metrics, **{f"val_{k}": v for k, v in validation.items()}}
+            if main_process:
+                save_checkpoint(out, step, task.weights(), task.state(), train.keep)
+            if world > 1:
+                torch.distributed.barrier()
+    finally:
+        logger.close()
+    return metrics
+
+
+def validate(task: Task, train: TrainConfig, stream: StreamConfig) -> dict[str, float]:
+    """``val_batches`` fixed batches of the val split (the same every time); {} without one."""
+    from cals.data import shard_paths
+
+    try:
+        shard_paths(train.shards, train.val_split)
+    except FileNotFoundError:
+        return {}
+    config = replace(stream, split=train.val_split, resampled=False, shuffle_buffer=0, num_workers=0, epoch=0,
+                     seed=train.seed, augment=type(stream.augment)())
+    batches = []
+    for batch in make_loader(config):
+        batches.append(batch)
+        if len(batches) >= train.val_batches:
+            break
+    return task.validate(batches) if batches else {}
