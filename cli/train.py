@@ -49,6 +49,7 @@ def _common_options(
     val_batches: int = typer.Option(4, "--val-batches", min=1, help="Batches per validation."),
     ckpt_every: int = typer.Option(500, "--ckpt-every", min=1, help="Steps between checkpoints (also the data-segment length for exact resume)."),
     keep: int = typer.Option(3, "--keep", min=1, help="Checkpoints kept."),
+    log_keys: bool = typer.Option(False, "--log-keys", help="Record every batch's sample keys per rank in keys-rank<R>.txt (data audit)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Template: its parameters are the flags every training command shares."""

@@ -33,6 +33,8 @@ class TrainConfig:
         keep: checkpoints kept (older ones are deleted).
         amp: mixed precision (bfloat16 autocast) on CUDA; ignored on CPU.
         train_split, val_split: split names to train and validate on.
+        log_keys: append every batch's sample keys and window starts to ``keys-rank<R>.txt``
+            (a data audit: which rank trained on what).
     """
 
     shards: Any = None
@@ -55,6 +57,7 @@ class TrainConfig:
     amp: bool = True
     train_split: str = "train"
     val_split: str = "val"
+    log_keys: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -192,6 +192,9 @@ def run(task: Task, train: TrainConfig, show_progress: bool = True) -> dict[str,
                 fetch = time.perf_counter()
                 batch = next(batches)
                 waited += time.perf_counter() - fetch
+                if train.log_keys:
+                    with open(out / f"keys-rank{rank}.txt", "a", encoding="utf-8") as keys:
+                        keys.writelines(f"{step} {key} {start}\n" for key, start in zip(batch["keys"], batch["starts"]))
                 lr = learning_rate(step, train)
                 metrics = task.train_step(batch, step, lr)
                 step += 1
@@ -210,9 +213,24 @@ def run(task: Task, train: TrainConfig, show_progress: bool = True) -> dict[str,
                 save_checkpoint(out, step, task.weights(), task.state(), train.keep)
             if world > 1:
                 torch.distributed.barrier()
+        if world > 1:
+            checksums = agree_on_weights(task, device, world)
+            logger.record(step, "ddp", {"weight_checksum_rank" + str(r): c for r, c in enumerate(checksums)})
     finally:
         logger.close()
     return metrics
+
+
+def agree_on_weights(task: Task, device: torch.device, world: int) -> list[float]:
+    """All-gather a checksum of every rank's weights; raise if DDP let them drift apart."""
+    total = sum(float(t.double().abs().sum()) + float(t.double().sum()) for t in task.weights().values() if t.is_floating_point())
+    local = torch.tensor([total], dtype=torch.float64, device=device)
+    gathered = [torch.zeros_like(local) for _ in range(world)]
+    torch.distributed.all_gather(gathered, local)
+    checksums = [float(g.item()) for g in gathered]
+    if max(checksums) - min(checksums) > 1e-6 * max(1.0, abs(checksums[0])):
+        raise RuntimeError(f"DDP ranks ended with different weights (checksums {checksums})")
+    return checksums
 
 
 def validate(task: Task, train: TrainConfig, stream: StreamConfig) -> dict[str, float]:
