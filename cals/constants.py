@@ -66,3 +66,21 @@ MFCC_ROWS_PER_FRAME: Final[int] = AUDIO_SAMPLES_PER_FRAME // MFCC_HOP
 SYNCNET_MFCC_ROWS: Final[int] = LIP_WINDOW_FRAMES * MFCC_ROWS_PER_FRAME
 
 assert MFCC_ROWS_PER_FRAME * MFCC_HOP == AUDIO_SAMPLES_PER_FRAME, "MFCC hop must divide samples/frame"
+
+# --- Evaluation metrics (cals.metrics) and paste-back (cals.generate) ---
+
+#: Peak value of 8-bit images, for PSNR.
+PIXEL_MAX: Final[int] = 255
+#: PSNR given to a frame identical to its reference (MSE 0, PSNR +inf) before averaging, dB.
+#: Any non-identical pair of 128x128x3 uint8 frames scores at most 10·log10(255² · 49152) =
+#: 95.05 dB (one pixel channel off by one), so the cap changes only identical frames.
+PSNR_CAP_DB: Final[float] = 100.0
+#: SSIM (Wang et al. 2004): Gaussian window side, pixels, and its standard deviation.
+SSIM_WINDOW: Final[int] = 11
+SSIM_SIGMA: Final[float] = 1.5
+#: SSIM stabilisers: C1 = (K1·L)², C2 = (K2·L)² with L = PIXEL_MAX.
+SSIM_K1: Final[float] = 0.01
+SSIM_K2: Final[float] = 0.03
+#: Feathered seam of a generated face pasted back into its frame: the blend weight ramps from
+#: 0 at the crop box's edge to 1 at this share of the box side inside it.
+PASTE_FEATHER: Final[float] = 0.1

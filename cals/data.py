@@ -6,8 +6,9 @@ Used by ``cals-prep verify``/``inspect``, the tests, and (later) the trainer. On
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import webdataset as wds
 
@@ -17,13 +18,49 @@ from cals.shard_format import ClipSample, decode_sample
 MANIFEST_FILE = "manifest.parquet"
 PREP_FILE = "prep.json"
 
+#: The fsspec backend package of common object-store schemes (named in the missing-library error).
+FSSPEC_BACKENDS = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs", "abfss": "adlfs"}
+#: URL schemes WebDataset opens itself (curl); every other ``scheme://`` is opened with fsspec.
+WDS_SCHEMES = ("http", "https")
+
+
+def is_url(location: str | Path) -> bool:
+    """True for ``scheme://...`` (s3://, gs://, file://, ...): a location fsspec opens, not a plain path."""
+    return isinstance(location, str) and re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", location) is not None
+
+
+def url_filesystem(url: str) -> tuple[Any, str]:
+    """``(fsspec filesystem, path within it)`` for ``url``; fsspec is imported only here.
+
+    Raises ImportError with a one-line message naming what to install when fsspec or the
+    scheme's backend (s3fs, gcsfs, ...) is missing.
+    """
+    scheme = url.split("://", 1)[0].lower()
+    backend = FSSPEC_BACKENDS.get(scheme)
+    install = "pip install fsspec" + (f" {backend}" if backend else "")
+    try:
+        import fsspec
+    except ImportError:
+        raise ImportError(f"{url}: URLs need fsspec{f' and {backend}' if backend else ''}: {install}") from None
+    try:
+        return fsspec.core.url_to_fs(url)
+    except ImportError as error:
+        raise ImportError(f"{url}: no fsspec backend for {scheme}:// ({error}): {install}") from None
+    except ValueError as error:  # fsspec: "Protocol not known"
+        raise ImportError(f"{url}: fsspec cannot open {scheme}:// ({error})") from None
+
+
+def _opened_with_fsspec(url: str) -> bool:
+    return is_url(url) and url.split("://", 1)[0].lower() not in WDS_SCHEMES
+
 
 def shard_paths(source: str | Path | Sequence[str], split: str | None = None) -> list[str]:
     """Resolve shards to read.
 
     Args:
-        source: a dataset folder (``OUT/<name>``: every ``<split>-NNNNNN.tar`` in it), a brace
-            pattern (``data/train-{000000..000009}.tar``), or a list of paths/URLs.
+        source: a dataset folder (``OUT/<name>``: every ``<split>-NNNNNN.tar`` in it; a local path
+            or an fsspec URL such as ``s3://bucket/shards/videos``), a brace pattern
+            (``data/train-{000000..000009}.tar``), or a list of paths/URLs.
         split: with a folder, only that split's shards.
     Returns:
         Sorted shard paths/URLs. Raises FileNotFoundError when a folder holds none.
@@ -31,9 +68,17 @@ def shard_paths(source: str | Path | Sequence[str], split: str | None = None) ->
     if isinstance(source, (list, tuple)):
         return [str(s) for s in source]
     text = str(source)
+    pattern = f"{split}-*.tar" if split else "*.tar"
+    if _opened_with_fsspec(text) and "{" not in text:
+        fs, root = url_filesystem(text)
+        if fs.isdir(root):
+            found = sorted(fs.unstrip_protocol(p) for p in fs.glob(f"{root.rstrip('/')}/{pattern}"))
+            if not found:
+                which = f"{split!r} shards" if split else "shards"
+                raise FileNotFoundError(f"no {which} in {text} (expected files like {pattern})")
+            return found
     path = Path(text)
-    if path.is_dir():
-        pattern = f"{split}-*.tar" if split else "*.tar"
+    if not is_url(text) and path.is_dir():
         found = sorted(str(p) for p in path.glob(pattern) if p.is_file())
         if not found:
             which = f"{split!r} shards" if split else "shards"
@@ -42,6 +87,12 @@ def shard_paths(source: str | Path | Sequence[str], split: str | None = None) ->
     import braceexpand
 
     return list(braceexpand.braceexpand(text))
+
+
+def every_shard(urls):
+    """Node splitter of a full scan: every rank reads every shard (iter_samples is not a
+    training stream; the trainer's stream splits shards by rank in cals.stream)."""
+    return urls
 
 
 def iter_samples(
@@ -61,6 +112,47 @@ def iter_samples(
         int16, boxes ``(T,4)`` float32, scores ``(T,)`` float32.
     """
     urls = shard_paths(source, split)
-    dataset = wds.WebDataset(urls, shardshuffle=False, handler=handler, empty_check=False)
-    dataset = dataset.map(lambda raw: decode_sample(raw, frames=frames), handler=handler)
-    yield from dataset
+    decode = lambda raw: decode_sample(raw, frames=frames)  # noqa: E731
+    if any(_opened_with_fsspec(u) for u in urls):
+        # WebDataset's stages with an fsspec opener (webdataset 1.0.2 cannot open s3:// itself).
+        from webdataset.filters import pipelinefilter
+        from webdataset.tariterators import group_by_keys, tar_file_expander
+
+        yield from wds.DataPipeline(
+            wds.SimpleShardList(urls),
+            wds.single_node_only,
+            wds.split_by_worker,
+            _fsspec_opener(handler),
+            pipelinefilter(tar_file_expander)(handler=handler),
+            pipelinefilter(group_by_keys)(handler=handler),
+            wds.map(decode, handler=handler),
+        )
+        return
+    dataset = wds.WebDataset(urls, shardshuffle=False, handler=handler, empty_check=False, nodesplitter=every_shard)
+    yield from dataset.map(decode, handler=handler)
+
+
+def _fsspec_opener(handler: Callable[[Exception], bool]) -> Callable[[Iterator[dict]], Iterator[dict]]:
+    """A WebDataset stage: ``{url}`` → ``{url, stream}``, fsspec URLs opened with fsspec (closed
+    once their tar is read), others with WebDataset's own ``gopen``."""
+
+    def opener(sources: Iterator[dict]) -> Iterator[dict]:
+        for source in sources:
+            url = source["url"]
+            try:
+                if _opened_with_fsspec(url):
+                    fs, path = url_filesystem(url)
+                    stream = fs.open(path, "rb")
+                else:
+                    stream = wds.gopen(url)
+            except Exception as error:  # noqa: BLE001 - the caller's handler decides
+                error.args = error.args + (url,)
+                if handler(error):
+                    continue
+                break
+            try:
+                yield dict(url=url, stream=stream)
+            finally:
+                stream.close()
+
+    return opener

@@ -248,6 +248,43 @@ def check_members(raw: Mapping[str, Any]) -> list[str]:
     return problems
 
 
+def update_sample(
+    raw: Mapping[str, Any],
+    *,
+    meta: Optional[Mapping[str, Any]] = None,
+    mel: Optional[np.ndarray] = None,
+    audio: Optional[np.ndarray] = None,
+    lip: Optional[np.ndarray] = None,
+) -> dict[str, Any]:
+    """A raw sample (member → bytes, as read from a shard) with some members replaced or added.
+
+    The given arrays are encoded as :func:`pack_sample` encodes them (``mel``/``lip`` float16
+    npy, ``audio`` 16-bit FLAC); every other member keeps its bytes. ``meta`` entries are merged
+    into the ``json`` member, whose ``member_sha1`` is updated for the new members, so
+    :func:`check_members` holds. Returns the WebDataset dict to write (``__key__`` plus
+    members; other ``__*`` entries of the reader are dropped).
+    """
+    new_meta = json.loads(raw[META_MEMBER])
+    new_meta.update(meta or {})
+    members = {name: blob for name, blob in raw.items() if not name.startswith("_") and name != META_MEMBER}
+    replaced = {}
+    if mel is not None:
+        replaced[MEL_MEMBER] = _npy_bytes(np.asarray(mel).astype(np.float16))
+    if audio is not None:
+        replaced[AUDIO_MEMBER] = encode_audio(np.asarray(audio, dtype=np.int16))
+    if lip is not None:
+        replaced[LIP_MEMBER] = _npy_bytes(np.asarray(lip).astype(np.float16))
+    members.update(replaced)
+    # Only the new members get a new SHA-1: an old member keeps its recorded one (a corrupt
+    # member stays detectable).
+    new_meta["member_sha1"] = {
+        **new_meta.get("member_sha1", {}),
+        **{name: hashlib.sha1(blob).hexdigest() for name, blob in replaced.items()},
+    }
+    members[META_MEMBER] = json.dumps(new_meta, sort_keys=True, ensure_ascii=False).encode("utf-8")
+    return {"__key__": raw["__key__"], **members}
+
+
 def decode_sample(raw: Mapping[str, Any], frames: bool = True) -> ClipSample:
     """WebDataset raw dict (member → bytes) → ClipSample. ``frames=False`` skips image decoding
     (``frames`` is then an empty ``(0, 128, 128, 3)`` array)."""

@@ -19,6 +19,8 @@ from typing import Callable, Optional
 import typer
 from rich.console import Console
 
+from cals.constants import SYNCNET_BATCH_SIZE, SYNCNET_VSHIFT
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0])
 err = Console(stderr=True)
 
@@ -52,8 +54,26 @@ def writable_dir(path: Path) -> Path:
     return path
 
 
+def writable_url(url: str) -> str:
+    """Prove the fsspec URL ``url`` can be written (one small object, then removed), or exit
+    with a one-line error (a missing fsspec or backend names what to install)."""
+    from pipeline.storage import open_storage
+
+    try:
+        storage = open_storage(url)
+        storage.makedirs()
+        probe = f".cals-write-test-{uuid.uuid4().hex[:8]}"
+        storage.write_bytes(probe, b"")
+        storage.remove(probe)
+    except ImportError as error:
+        fail(str(error))
+    except Exception as error:  # noqa: BLE001 - backends raise their own types (botocore, google.auth)
+        fail(f"--out {url} is not writable: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
+    return url
+
+
 def _common_options(
-    out: Path = typer.Option(Path("shards"), "--out", help="Output folder; the dataset goes to OUT/NAME/."),
+    out: str = typer.Option("shards", "--out", help="Output folder (a path, or an fsspec URL such as s3://bucket/shards: needs fsspec and s3fs/gcsfs); the dataset goes to OUT/NAME/."),
     name: Optional[str] = typer.Option(None, "--name", help="Dataset folder name [default: the corpus's name]."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N clips of each split (by key): try a recipe on a small part first."),
     speakers: Optional[str] = typer.Option(None, "--speakers", help="Only these speakers (comma-separated ids)."),
@@ -117,7 +137,7 @@ def prep_command(command_name: str) -> Callable[[Recipe], Recipe]:
     return decorator
 
 
-def run_recipe(clips: dict, dataset_name: str, *, out: Path, limit, speakers, detector, mediapipe_model, detect_every,
+def run_recipe(clips: dict, dataset_name: str, *, out: str, limit, speakers, detector, mediapipe_model, detect_every,
                min_frames, min_face_ratio, lossless, jpeg_quality, crop_margin, smooth_frames, shard_mb, workers,
                address, force, retry_failed, fail_fast, quiet) -> None:
     """The run every corpus command ends in: filter, check, prepare, summarise."""
@@ -151,8 +171,13 @@ def run_recipe(clips: dict, dataset_name: str, *, out: Path, limit, speakers, de
             SfdDetector().close()
         except (FileNotFoundError, ImportError) as error:
             fail(str(error))
-    dataset_dir = writable_dir(out) / dataset_name
-    writable_dir(dataset_dir)
+    from cals.data import is_url
+
+    if is_url(out):
+        dataset_dir = writable_url(f"{out.rstrip('/')}/{dataset_name}")
+    else:
+        dataset_dir = writable_dir(Path(out)) / dataset_name
+        writable_dir(dataset_dir)
     try:
         summary = run_prep(
             clips,
@@ -170,7 +195,7 @@ def run_recipe(clips: dict, dataset_name: str, *, out: Path, limit, speakers, de
     except OutputMismatch as error:
         fail(str(error))
     if summary.ok == 0:
-        fail(f"no clip could be prepared; see {dataset_dir / 'manifest.parquet'} for the reasons", code=1)
+        fail(f"no clip could be prepared; see {dataset_dir}/manifest.parquet for the reasons", code=1)
 
 
 @prep_command("folder")
@@ -237,6 +262,47 @@ def hdtf(
     if not any(clips.values()):
         raise FileNotFoundError(f"no annotated HDTF video with a crop found under {root} (see the warnings above)")
     return clips, HDTF_DATASET
+
+
+@app.command()
+def units(
+    dataset: Path = typer.Argument(..., help="A dataset folder written by cals-prep (OUT/NAME)."),
+    model: Path = typer.Option(..., "--model", help="Lip-unit model: syncnet_v2.model (a state dict), or a sync-critic run folder / its .safetensors file."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Ray workers, one model each [default: one per CPU, or per GPU when CUDA is available]."),
+    address: Optional[str] = typer.Option(None, "--address", help="Join an existing Ray cluster ('auto' or ray://host:port); DATASET and --model must be visible to every node."),
+    batch_size: int = typer.Option(SYNCNET_BATCH_SIZE, "--batch-size", min=1, help="5-frame windows per forward pass."),
+) -> None:
+    """Add lip-motion units (lip.npy, one per frame) to every sample, in place and resumably."""
+    from pipeline.units import add_lip_units
+
+    try:
+        summary = add_lip_units(dataset, model, workers=workers, address=address, batch_size=batch_size)
+    except (FileNotFoundError, ValueError, ImportError) as error:
+        fail(str(error))
+    if summary.samples and summary.failed == summary.samples:
+        fail(f"no sample got lip units; see the lip_error column of {dataset / 'manifest.parquet'}", code=1)
+
+
+@app.command()
+def sync(
+    dataset: Path = typer.Argument(..., help="A dataset folder written by cals-prep (OUT/NAME)."),
+    model: Path = typer.Option(..., "--model", help="syncnet_v2.model (a state dict; syncnet_python's download_model.sh fetches it)."),
+    max_offset: int = typer.Option(3, "--max-offset", min=0, help="Drop clips whose AV offset exceeds this many frames (40 ms each) either way."),
+    min_conf: float = typer.Option(3.0, "--min-conf", help="Drop clips whose SyncNet confidence (LSE-C) is below this."),
+    fix_offset: bool = typer.Option(False, "--fix-offset", help="Shift the audio of each kept clip by its measured offset (and recompute its mel)."),
+    vshift: int = typer.Option(SYNCNET_VSHIFT, "--vshift", min=0, help="Search offsets -VSHIFT..+VSHIFT frames (syncnet_python's default)."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Ray workers, one model each [default: one per CPU, or per GPU when CUDA is available]."),
+    address: Optional[str] = typer.Option(None, "--address", help="Join an existing Ray cluster ('auto' or ray://host:port); DATASET and --model must be visible to every node."),
+    batch_size: int = typer.Option(SYNCNET_BATCH_SIZE, "--batch-size", min=1, help="Windows per SyncNet forward pass."),
+) -> None:
+    """Measure each clip's AV offset with SyncNet; drop out-of-sync clips (out_of_sync), optionally fix the offsets."""
+    from pipeline.sync_filter import measure_sync
+
+    try:
+        measure_sync(dataset, model, max_offset=max_offset, min_conf=min_conf, fix_offset=fix_offset, vshift=vshift,
+                     batch_size=batch_size, workers=workers, address=address)
+    except (FileNotFoundError, ValueError) as error:
+        fail(str(error))
 
 
 @app.command()

@@ -14,6 +14,7 @@ REASONS = {
     "too_short": "fewer frames than --min-frames",
     "no_face": "the detector found no face in any examined frame",
     "low_face_coverage": "a face was found in fewer examined frames than --min-face-ratio",
+    "out_of_sync": "cals-prep sync: SyncNet's AV offset or confidence is past --max-offset / --min-conf",
     "worker_crash": "the process handling the clip died (e.g. a native crash), retries exhausted",
     "internal_error": "an unexpected exception (a bug: please report it with the detail)",
 }

@@ -10,7 +10,7 @@ import os
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, BinaryIO, Iterable, Optional
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -106,22 +106,27 @@ def manifest_row(source: ClipSource, **fields: Any) -> dict[str, Any]:
     return row
 
 
-def atomic_write_parquet(rows: Iterable[dict[str, Any]], path: Path, metadata: Optional[dict[str, str]] = None) -> None:
-    """Write rows with :data:`MANIFEST_SCHEMA` (plus key/value ``metadata``) to a temp file
-    beside ``path``, then rename."""
+def write_parquet(rows: Iterable[dict[str, Any]], path: Path, metadata: Optional[dict[str, str]] = None) -> None:
+    """Write rows with :data:`MANIFEST_SCHEMA` (plus key/value ``metadata``) to ``path`` as is
+    (callers publish it atomically: :meth:`pipeline.storage.Storage.staged`)."""
     schema = MANIFEST_SCHEMA.with_metadata({k.encode(): v.encode() for k, v in (metadata or {}).items()})
-    table = pa.Table.from_pylist(list(rows), schema=schema)
+    pq.write_table(pa.Table.from_pylist(list(rows), schema=schema), path)
+
+
+def atomic_write_parquet(rows: Iterable[dict[str, Any]], path: Path, metadata: Optional[dict[str, str]] = None) -> None:
+    """:func:`write_parquet` to a temp file beside the local ``path``, then rename."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    pq.write_table(table, tmp)
+    write_parquet(rows, tmp, metadata)
     os.replace(tmp, path)
 
 
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    return pq.read_table(path, schema=MANIFEST_SCHEMA).to_pylist()
+def read_rows(source: "Path | BinaryIO") -> list[dict[str, Any]]:
+    """The rows of a manifest (or manifest part): a path or a binary file object."""
+    return pq.read_table(source, schema=MANIFEST_SCHEMA).to_pylist()
 
 
-def read_metadata(path: Path) -> dict[str, str]:
-    """The key/value metadata of a Parquet file written by :func:`atomic_write_parquet`."""
-    raw = pq.read_schema(path).metadata or {}
+def read_metadata(source: "Path | BinaryIO") -> dict[str, str]:
+    """The key/value metadata of a Parquet file written by :func:`write_parquet`."""
+    raw = pq.read_schema(source).metadata or {}
     return {k.decode(): v.decode() for k, v in raw.items() if not k.startswith(b"ARROW")}

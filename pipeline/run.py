@@ -2,19 +2,20 @@
 
 ``ray.init()`` locally by default (``workers`` CPUs); ``address`` ("auto", "ray://host:port")
 joins an existing cluster, whose nodes must see ``out_dir`` and have cals installed.
-Re-running the same command skips complete shards (resume).
+``out_dir`` may be an fsspec URL (s3://, gs://, ...): every read and write goes through
+:class:`pipeline.storage.Storage`. Re-running the same command skips complete shards (resume).
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
 import platform
 import sys
 import time
-import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,9 +30,10 @@ from pipeline import PIPELINE_VERSION
 from pipeline.clip import PrepParams
 from pipeline.errors import ClipError
 from pipeline.io import ffmpeg_version, probe
-from pipeline.manifest import ClipSource, atomic_write_parquet, manifest_row, read_rows
+from pipeline.manifest import ClipSource, manifest_row, read_rows, write_parquet
 from pipeline.recipes.folder import SPLITS, stable_fraction
-from pipeline.shard_writer import PARTS_DIR, ShardPlan, marker_path, part_path, prepare_shard, shard_is_complete
+from pipeline.shard_writer import PARTS_DIR, ShardPlan, marker_name, part_name, prepare_shard, shard_is_complete
+from pipeline.storage import LocalStorage, Storage, open_storage
 
 log = logging.getLogger(__name__)
 
@@ -76,25 +78,25 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def describe_mismatch(out_dir: Path, previous: dict[str, Any], clips: list[ClipSource], params: PrepParams) -> str:
+def describe_mismatch(out_dir: "str | Path | Storage", previous: dict[str, Any], clips: list[ClipSource], params: PrepParams) -> str:
     """A one-line account of what differs between a finished/partial run and this one."""
     import pandas as pd
 
+    storage = open_storage(out_dir)
     changes = []
     old, new = _flatten(previous.get("parameters", {})), _flatten(params.to_dict())
     differing = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     if differing:
         changes.append("parameters " + ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in differing[:5]))
-    manifest = out_dir / MANIFEST_FILE
-    if manifest.is_file():
-        before = set(pd.read_parquet(manifest, columns=["key"])["key"])
+    if storage.exists(MANIFEST_FILE):
+        before = set(pd.read_parquet(io.BytesIO(storage.read_bytes(MANIFEST_FILE)), columns=["key"])["key"])
         after = {c.key for c in clips}
         if after - before or before - after:
             changes.append(f"{len(after - before)} clips added, {len(before - after)} removed")
     if not changes:
         changes.append("source files changed (sizes)")
     return (
-        f"{out_dir} was prepared from other inputs or parameters ({'; '.join(changes)}). "
+        f"{storage} was prepared from other inputs or parameters ({'; '.join(changes)}). "
         "Re-run the same command to resume, choose another --out/--name, or pass --force to redo what differs."
     )
 
@@ -149,17 +151,15 @@ def versions() -> dict[str, str]:
     return found
 
 
-def _atomic_write_json(data: dict[str, Any], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+def _write_json(storage: Storage, data: dict[str, Any], name: str) -> None:
+    storage.write_text(name, json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 
 
 @dataclass
 class RunSummary:
     """What a run did; ``rows`` are the manifest rows of every source clip."""
 
-    out_dir: Path
+    out_dir: "Path | str"  # a local folder, or the URL it was written to
     rows: list[dict[str, Any]]
     wall_s: float
     shards_done: int
@@ -210,7 +210,7 @@ def _shard_worker_class():
         def __init__(self, out_dir: str, params: PrepParams, progress_actor, fail_fast: bool) -> None:
             from pipeline.stages.detect import make_detector
 
-            self.out_dir = Path(out_dir)
+            self.out_dir = open_storage(out_dir)
             self.params = params
             self.fail_fast = fail_fast
             self.progress_actor = progress_actor
@@ -258,7 +258,8 @@ def run_prep(
     force: bool = False,
     retry_failed: bool = False,
 ) -> RunSummary:
-    """Prepare every clip into ``out_dir`` (the dataset folder), resuming complete shards.
+    """Prepare every clip into ``out_dir`` (the dataset folder: a local path or an fsspec URL
+    such as ``s3://bucket/shards/videos``), resuming complete shards.
 
     Writes ``<split>-NNNNNN.tar``, ``manifest.parquet`` (one row per source clip) and
     ``prep.json`` (command, parameters, versions, source digest).
@@ -273,32 +274,32 @@ def run_prep(
     from rich.console import Console
 
     started = time.time()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in list(out_dir.glob(".*.tmp-*")) + list((out_dir / PARTS_DIR).glob(".*")):
-        stale.unlink(missing_ok=True)  # temp files and clip markers of an interrupted run
+    storage = open_storage(out_dir)
+    out_dir = storage.root if isinstance(storage, LocalStorage) else storage.location
+    storage.makedirs()
+    storage.clean()  # temp files and clip markers of an interrupted run
     all_clips = [c for split in SPLITS for c in clips_by_split.get(split, [])]
     keys = [c.key for c in all_clips]
     if len(set(keys)) != len(keys):
         duplicated = sorted(k for k, n in Counter(keys).items() if n > 1)[:5]
         raise ValueError(f"sample keys must be unique; duplicated: {duplicated}")
     digest = source_digest(clips_by_split, params)
-    previous = json.loads((out_dir / PREP_FILE).read_text(encoding="utf-8")) if (out_dir / PREP_FILE).is_file() else None
-    has_output = any((out_dir / PARTS_DIR).glob("*.parquet"))
+    previous = json.loads(storage.read_text(PREP_FILE)) if storage.exists(PREP_FILE) else None
+    has_output = bool(storage.glob(f"{PARTS_DIR}/*.parquet"))
     if previous and has_output and previous.get("source_digest") != digest and not force:
-        raise OutputMismatch(describe_mismatch(out_dir, previous, all_clips, params))
+        raise OutputMismatch(describe_mismatch(storage, previous, all_clips, params))
     plans = plan_shards(clips_by_split, shard_mb, estimate_clip_duration(all_clips))
     if force:
         planned = {p.name for p in plans}
-        for stale in list(out_dir.glob("*.tar")) + list((out_dir / PARTS_DIR).glob("*.parquet")):
-            if stale.name.split(".")[0] not in planned:
-                stale.unlink()
-    if retry_failed and (out_dir / MANIFEST_FILE).is_file():
-        retry = {r["key"] for r in read_rows(out_dir / MANIFEST_FILE) if r["reason"] in TRANSIENT_REASONS}
+        for stale in storage.glob("*.tar") + storage.glob(f"{PARTS_DIR}/*.parquet"):
+            if stale.rsplit("/", 1)[-1].split(".")[0] not in planned:
+                storage.remove(stale)
+    if retry_failed and storage.exists(MANIFEST_FILE):
+        retry = {r["key"] for r in read_rows(io.BytesIO(storage.read_bytes(MANIFEST_FILE))) if r["reason"] in TRANSIENT_REASONS}
         for plan in plans:
             if any(c.key in retry for c in plan.clips):
-                part_path(out_dir, plan.name).unlink(missing_ok=True)
-    todo = [p for p in plans if not shard_is_complete(out_dir, p, params)]
+                storage.remove(part_name(plan.name))
+    todo = [p for p in plans if not shard_is_complete(storage, p, params)]
     prep_info = {
         "command": command or sys.argv,
         "parameters": params.to_dict(),
@@ -311,7 +312,7 @@ def run_prep(
         "clips": len(all_clips),
         "shards": [p.name for p in plans],
     }
-    _atomic_write_json(prep_info, out_dir / PREP_FILE)
+    _write_json(storage, prep_info, PREP_FILE)
 
     plan_s = time.time() - started
     if show_progress and len(todo) < len(plans):
@@ -336,7 +337,7 @@ def run_prep(
         try:
             ray_start_s = time.time() - ray_started
             process_started = time.time()
-            failed_tasks = _run_tasks(todo, out_dir, params, fail_fast, show_progress, len(all_clips) - sum(len(p.clips) for p in todo), len(all_clips), workers)
+            failed_tasks = _run_tasks(todo, storage, params, fail_fast, show_progress, len(all_clips) - sum(len(p.clips) for p in todo), len(all_clips), workers)
             process_s = time.time() - process_started
         finally:
             if started_ray:
@@ -344,13 +345,14 @@ def run_prep(
 
     rows = []
     for plan in plans:
-        part = part_path(out_dir, plan.name)
-        if part.is_file():
-            rows.extend(read_rows(part))
+        part = part_name(plan.name)
+        if storage.exists(part):
+            rows.extend(read_rows(io.BytesIO(storage.read_bytes(part))))
         else:  # the task failed past its retries: every clip of the shard is recorded, none lost silently
             reason, detail = failed_tasks.get(plan.name, ("worker_crash", "shard task did not finish"))
             rows.extend(manifest_row(c, status="failed", reason=reason, detail=f"shard {plan.name}: {detail}") for c in plan.clips)
-    atomic_write_parquet(rows, out_dir / MANIFEST_FILE)
+    with storage.staged(MANIFEST_FILE) as tmp:
+        write_parquet(rows, tmp)
     summary = RunSummary(
         out_dir=out_dir,
         rows=rows,
@@ -370,7 +372,7 @@ def run_prep(
         "ray_start_s": round(summary.ray_start_s, 3),
         "process_s": round(summary.process_s, 3),
     }
-    _atomic_write_json(prep_info, out_dir / PREP_FILE)
+    _write_json(storage, prep_info, PREP_FILE)
     if show_progress:
         Console(stderr=True).print(summary.table())
     return summary
@@ -385,7 +387,7 @@ def _task_failure(error: Exception) -> tuple[str, str]:
     return ("worker_crash" if crashed else "internal_error", (lines[-1] if lines else type(error).__name__)[:500])
 
 
-def _run_tasks(todo, out_dir, params, fail_fast, show_progress, already_done, total, workers) -> dict[str, tuple[str, str]]:
+def _run_tasks(todo, storage: Storage, params, fail_fast, show_progress, already_done, total, workers) -> dict[str, tuple[str, str]]:
     """Feed shards to an actor pool with a progress bar; returns shard → (reason, detail) of failures."""
     from collections import deque
 
@@ -397,7 +399,7 @@ def _run_tasks(todo, out_dir, params, fail_fast, show_progress, already_done, to
     worker_class = _shard_worker_class()
     progress_actor = _progress_actor()
     size = max(1, min(len(todo), workers or int(ray.cluster_resources().get("CPU", 1))))
-    make_actor = lambda: worker_class.remote(str(out_dir), params, progress_actor, fail_fast)  # noqa: E731
+    make_actor = lambda: worker_class.remote(storage.location, params, progress_actor, fail_fast)  # noqa: E731
     actors = [make_actor() for _ in range(size)]
     queue = deque(todo)
     attempts: Counter = Counter()  # worker deaths not pinned on a clip, per shard
@@ -413,8 +415,11 @@ def _run_tasks(todo, out_dir, params, fail_fast, show_progress, already_done, to
     def blame(plan: ShardPlan) -> bool:
         """After a worker death on ``plan``: charge the clip it was on (or the shard); True
         when the shard should be tried again."""
-        marker = marker_path(out_dir, plan.name)
-        key = marker.read_text(encoding="utf-8").strip() if marker.is_file() else None
+        marker = marker_name(plan.name)
+        try:
+            key = storage.read_text(marker).strip() if storage.exists(marker) else None
+        except FileNotFoundError:
+            key = None
         if key:
             crashes[key] += 1
             if crashes[key] >= CLIP_CRASH_LIMIT:

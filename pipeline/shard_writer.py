@@ -1,9 +1,11 @@
 """Prepare one shard: clips → ``<split>-NNNNNN.tar`` + its manifest rows, written atomically.
 
 No Ray here: :mod:`pipeline.run` calls :func:`prepare_shard` inside a Ray task, tests call it
-directly. Order of writes: tar to a temp name, rows part to a temp name, rows renamed, tar
-renamed. A shard is complete when its rows part exists and (if it has ok clips) its tar does;
-a crash at any point leaves temp files only, which the next run removes and redoes.
+directly. The output is a :class:`~pipeline.storage.Storage` (a local folder or an fsspec URL).
+Order of writes: tar to a local temp file, rows part staged and published, tar published (each
+publish atomic: a rename locally, one upload to an object store). A shard is complete when its
+rows part exists and (if it has ok clips) its tar does; a crash at any point leaves temp files
+only, which the next run removes and redoes.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import json
 import logging
 import os
 import traceback
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -22,8 +23,9 @@ import webdataset as wds
 
 from pipeline.clip import PrepParams, process_clip
 from pipeline.errors import ClipError
-from pipeline.manifest import ClipSource, atomic_write_parquet, manifest_row
+from pipeline.manifest import ClipSource, manifest_row, write_parquet
 from pipeline.stages.detect import Detector, make_detector
+from pipeline.storage import Storage, open_storage
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +42,18 @@ class ShardPlan:
     clips: tuple[ClipSource, ...]
 
 
-def part_path(out_dir: Path, shard: str) -> Path:
-    return Path(out_dir) / PARTS_DIR / f"{shard}.parquet"
+def part_name(shard: str) -> str:
+    """The shard's manifest rows part, relative to the dataset folder."""
+    return f"{PARTS_DIR}/{shard}.parquet"
 
 
-def marker_path(out_dir: Path, shard: str) -> Path:
+def marker_name(shard: str) -> str:
     """Names the clip a shard's worker is on, so the driver can blame a clip that kills it."""
-    return Path(out_dir) / PARTS_DIR / f".{shard}.current"
+    return f"{PARTS_DIR}/.{shard}.current"
+
+
+def tar_name(shard: str) -> str:
+    return f"{shard}.tar"
 
 
 def plan_digest(plan: ShardPlan, params: PrepParams) -> str:
@@ -59,10 +66,10 @@ def plan_digest(plan: ShardPlan, params: PrepParams) -> str:
     return digest.hexdigest()
 
 
-def _fsync_replace(tmp: Path, final: Path) -> None:
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, final)
+def write_part(storage: Storage, shard: str, rows: list[dict[str, Any]], metadata: dict[str, str]) -> None:
+    """Publish the shard's rows part atomically."""
+    with storage.staged(part_name(shard)) as tmp:
+        write_parquet(rows, tmp, metadata)
 
 
 ProgressFn = Callable[[int, int, int], None]  # (clips, frames, failed)
@@ -70,7 +77,7 @@ ProgressFn = Callable[[int, int, int], None]  # (clips, frames, failed)
 
 def prepare_shard(
     plan: ShardPlan,
-    out_dir: Path,
+    out_dir: "str | Path | Storage",
     params: PrepParams,
     progress: Optional[ProgressFn] = None,
     fail_fast: bool = False,
@@ -78,6 +85,8 @@ def prepare_shard(
     skip: Optional[dict[str, tuple[str, str]]] = None,
 ) -> list[dict[str, Any]]:
     """Process ``plan``'s clips into ``out_dir/<plan.name>.tar``; return its manifest rows.
+
+    ``out_dir`` is a local folder, an fsspec URL or a :class:`~pipeline.storage.Storage`.
 
     ``detector`` is reused when given (an actor's model, loaded once); else one is built here.
     ``skip`` maps keys not to process to the (reason, detail) to record (clips that crashed
@@ -90,23 +99,23 @@ def prepare_shard(
     import cv2
 
     cv2.setNumThreads(1)
-    out_dir = Path(out_dir)
-    (out_dir / PARTS_DIR).mkdir(parents=True, exist_ok=True)
-    final_tar = out_dir / f"{plan.name}.tar"
-    tmp_tar = out_dir / f".{plan.name}.tar.tmp-{uuid.uuid4().hex[:8]}"
+    storage = open_storage(out_dir)
+    storage.makedirs()
+    final_tar = tar_name(plan.name)
+    tmp_tar = storage.staging_path(final_tar)
     own_detector = detector is None
     if detector is None:
         detector = make_detector(params.detector, params.mediapipe_model)
     rows, written = [], 0
     try:
         with open(tmp_tar, "wb") as stream, wds.TarWriter(stream, mtime=0, user="cals", group="cals", encoder=False) as tar:
-            marker = marker_path(out_dir, plan.name)
+            marker = marker_name(plan.name)
             for clip in plan.clips:
                 if skip and clip.key in skip:
                     reason, detail = skip[clip.key]
                     rows.append(manifest_row(clip, status="failed", reason=reason, detail=detail))
                     continue
-                marker.write_text(clip.key, encoding="utf-8")
+                storage.write_text(marker, clip.key)
                 try:
                     result = process_clip(clip, params, detector)
                 except ClipError as error:
@@ -121,7 +130,7 @@ def prepare_shard(
                 else:
                     tar.write(result.sample)
                     written += 1
-                    rows.append(manifest_row(clip, status="ok", shard=final_tar.name, **result.fields))
+                    rows.append(manifest_row(clip, status="ok", shard=final_tar, **result.fields))
                 if progress:
                     last = rows[-1]
                     progress(1, last["num_frames"] or 0, int(last["status"] != "ok"))
@@ -132,29 +141,37 @@ def prepare_shard(
         if own_detector:
             detector.close()
     metadata = {"shard_digest": plan_digest(plan, params)}
-    if written:
-        atomic_write_parquet(rows, part_path(out_dir, plan.name), metadata)
-        _fsync_replace(tmp_tar, final_tar)
-    else:
+    try:
+        # A tar of an earlier run goes first: a crash between the part and the tar must not
+        # leave a new part beside an old tar (that shard would pass as complete).
+        storage.remove(final_tar)
+        write_part(storage, plan.name, rows, metadata)
+        if written:
+            storage.put_file(tmp_tar, final_tar)
+    finally:
         tmp_tar.unlink(missing_ok=True)
-        final_tar.unlink(missing_ok=True)
-        atomic_write_parquet(rows, part_path(out_dir, plan.name), metadata)
-    marker_path(out_dir, plan.name).unlink(missing_ok=True)
+    storage.remove(marker_name(plan.name))
     return rows
 
 
-def shard_is_complete(out_dir: Path, plan: ShardPlan, params: PrepParams) -> bool:
+def shard_is_complete(out_dir: "str | Path | Storage", plan: ShardPlan, params: PrepParams) -> bool:
     """True when the shard's rows part exists, was made from the same parameters and clips
     (its digest), and, if it has ok clips, the tar exists too."""
+    import io
+
     from pipeline.manifest import read_metadata, read_rows
 
-    part = part_path(out_dir, plan.name)
-    if not part.is_file():
+    storage = open_storage(out_dir)
+    if not storage.exists(part_name(plan.name)):
         return False
-    if read_metadata(part).get("shard_digest") != plan_digest(plan, params):
+    try:
+        data = storage.read_bytes(part_name(plan.name))
+    except FileNotFoundError:
         return False
-    rows = read_rows(part)
+    if read_metadata(io.BytesIO(data)).get("shard_digest") != plan_digest(plan, params):
+        return False
+    rows = read_rows(io.BytesIO(data))
     if [r["key"] for r in rows] != [c.key for c in plan.clips]:
         return False
     has_ok = any(r["status"] == "ok" for r in rows)
-    return (Path(out_dir) / f"{plan.name}.tar").is_file() or not has_ok
+    return not has_ok or storage.exists(tar_name(plan.name))
