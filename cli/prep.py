@@ -268,7 +268,7 @@ def hdtf(
 def units(
     dataset: Path = typer.Argument(..., help="A dataset folder written by cals-prep (OUT/NAME)."),
     model: Path = typer.Option(..., "--model", help="Lip-unit model: syncnet_v2.model (a state dict), or a sync-critic run folder / its .safetensors file."),
-    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Ray workers, one model each [default: one per CPU, or per GPU when CUDA is available]."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Ray workers, one model each (default: one per CPU, or one per GPU when CUDA is available)."),
     address: Optional[str] = typer.Option(None, "--address", help="Join an existing Ray cluster ('auto' or ray://host:port); DATASET and --model must be visible to every node."),
     batch_size: int = typer.Option(SYNCNET_BATCH_SIZE, "--batch-size", min=1, help="5-frame windows per forward pass."),
 ) -> None:
@@ -291,7 +291,7 @@ def sync(
     min_conf: float = typer.Option(3.0, "--min-conf", help="Drop clips whose SyncNet confidence (LSE-C) is below this."),
     fix_offset: bool = typer.Option(False, "--fix-offset", help="Shift the audio of each kept clip by its measured offset (and recompute its mel)."),
     vshift: int = typer.Option(SYNCNET_VSHIFT, "--vshift", min=0, help="Search offsets -VSHIFT..+VSHIFT frames (syncnet_python's default)."),
-    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Ray workers, one model each [default: one per CPU, or per GPU when CUDA is available]."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Ray workers, one model each (default: one per CPU, or one per GPU when CUDA is available)."),
     address: Optional[str] = typer.Option(None, "--address", help="Join an existing Ray cluster ('auto' or ray://host:port); DATASET and --model must be visible to every node."),
     batch_size: int = typer.Option(SYNCNET_BATCH_SIZE, "--batch-size", min=1, help="Windows per SyncNet forward pass."),
 ) -> None:

@@ -27,9 +27,41 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-@app.callback()
-def _app() -> None:
-    """Train lip-sync models on cals-prep shards."""
+@app.callback(invoke_without_command=True)
+def _app(
+    ctx: typer.Context,
+    shards: Optional[Path] = typer.Option(None, "--shards", help="Recipe: the dataset folder written by cals-prep."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Recipe: the folder of the stage runs (sync/, a2l/, cals/)."),
+    steps_per_stage: int = typer.Option(1000, "--steps-per-stage", min=1, help="Recipe: optimizer steps of each training stage."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Recipe: windows per step."),
+    lr: float = typer.Option(1e-4, "--lr", min=0.0, help="Recipe: learning rate (Adam)."),
+    device: Optional[str] = typer.Option(None, "--device", help="Recipe: cpu, cuda, cuda:1... [default: CUDA when available]."),
+    seed: int = typer.Option(0, "--seed", help="Recipe: seed of every stage."),
+    ckpt_every: int = typer.Option(500, "--ckpt-every", min=1, help="Recipe: steps between checkpoints."),
+    lip_model: Optional[Path] = typer.Option(None, "--lip-model", help="Recipe: lip-unit model (e.g. syncnet_v2.model) [default: the recipe's sync critic]."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Recipe: Ray actors adding lip units [default: one per CPU]."),
+    tiny: bool = typer.Option(False, "--tiny", help="Recipe: small widths everywhere (smoke tests on a CPU)."),
+    quiet: bool = typer.Option(False, "--quiet", help="Recipe: no progress bars."),
+) -> None:
+    """Train lip-sync models on cals-prep shards.
+
+    With no command, the whole recipe: sync critic → lip units (if missing) → A2L → CALS, in
+    --out/{sync,a2l,cals}; re-running the same command skips finished stages and resumes.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    if shards is None or out is None:
+        fail("the whole recipe needs --shards and --out (or name a command: cals-train --help)")
+    from cals.stream import ShardMismatch
+    from cals.train.recipe import RecipeConfig, run_recipe
+
+    config = RecipeConfig(steps_per_stage=steps_per_stage, batch_size=batch_size, lr=lr, device=device, seed=seed,
+                          ckpt_every=ckpt_every, lip_model=str(lip_model) if lip_model else None, workers=workers, tiny=tiny)
+    try:
+        stages = run_recipe(shards, out, config, log=lambda line: err.print(line, highlight=False), show_progress=not quiet)
+    except (FileNotFoundError, FileExistsError, ValueError, ShardMismatch) as error:
+        fail(str(error))
+    err.print("done: " + ", ".join(f"{name} {what}" for name, what in stages.items()), highlight=False)
 
 
 def _common_options(
@@ -135,6 +167,94 @@ def a2l(
     augment = AugmentConfig(noise_files=noise_files, snr_db=(snr_min, snr_max), noise_prob=noise_prob,
                             time_masks=time_masks, freq_masks=freq_masks)
     return A2LTask(config, lip_kind=spec.get("kind"), augment=augment), {"window": window}
+
+
+def _widths(text: str, flag: str) -> tuple[int, ...]:
+    try:
+        widths = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise ValueError(f"{flag} takes comma-separated integers, got {text!r}") from None
+    if any(w < 1 for w in widths):
+        raise ValueError(f"{flag} widths must be >= 1, got {text!r}")
+    return widths
+
+
+@train_command("cals")
+def cals(
+    a2l: Optional[Path] = typer.Option(None, "--a2l", help="A2L run folder (cals-train a2l) whose weights and sizes start Audio-to-Lip [default: random A2L from the --a2l-* flags]."),
+    critic: Optional[Path] = typer.Option(None, "--critic", help="Sync-critic run folder, frozen, for L_sync [default: none, lambda-sync is 0]."),
+    freeze_a2l: bool = typer.Option(False, "--freeze-a2l", help="Keep Audio-to-Lip fixed (train only Lip-to-Face)."),
+    lambda_recon: float = typer.Option(10.0, "--lambda-recon", min=0.0, help="λ1, weight of the L1 reconstruction loss."),
+    lambda_gan: float = typer.Option(0.07, "--lambda-gan", min=0.0, help="λ2, weight of the GAN loss."),
+    lambda_sync: float = typer.Option(0.03, "--lambda-sync", min=0.0, help="λ3, weight of L_sync = d_av + d_vv once switched on."),
+    sync_after: Optional[int] = typer.Option(None, "--sync-after", min=0, help="Switch λ3 on at this step [default: when L_recon plateaus, see --plateau-*]."),
+    plateau_steps: int = typer.Option(500, "--plateau-steps", min=1, help="Plateau rule: steps between comparisons of the L_recon moving average."),
+    plateau_tol: float = typer.Option(0.01, "--plateau-tol", min=0.0, help="Plateau rule: relative improvement per --plateau-steps below which L_recon has converged."),
+    ema_decay: float = typer.Option(0.98, "--ema-decay", min=0.0, max=0.999999, help="Plateau rule: decay of the L_recon moving average."),
+    sync_segments: int = typer.Option(4, "--sync-segments", min=1, help="S, segments of 5 frames per window for L_sync."),
+    preview_every: int = typer.Option(500, "--preview-every", min=0, help="Steps between preview images (previews/ and TensorBoard; 0: none)."),
+    window: int = typer.Option(25, "--window", min=1, help="Frames generated together (training window and inference chunk)."),
+    widths: str = typer.Option("32,64,128,256,512,512", "--widths", help="Lip-to-Face encoder widths per stage, comma-separated (each later stage halves the size)."),
+    lip_channels: int = typer.Option(256, "--lip-channels", min=1, help="Size of the projected lip code."),
+    film: bool = typer.Option(True, "--film/--no-film", help="FiLM-condition every decoder scale on the lip code (else the bottleneck only)."),
+    disc_widths: str = typer.Option("64,128,256,512", "--disc-widths", help="PatchGAN discriminator widths, comma-separated."),
+    unit_dim: int = typer.Option(1024, "--unit-dim", min=1, help="Lip-unit size (without --a2l)."),
+    a2l_layers: int = typer.Option(6, "--a2l-layers", min=1, help="A2L encoder layers (without --a2l)."),
+    a2l_d_model: int = typer.Option(512, "--a2l-d-model", min=8, help="A2L hidden size (without --a2l)."),
+    a2l_ffn: int = typer.Option(2048, "--a2l-ffn", min=8, help="A2L feed-forward size (without --a2l)."),
+    a2l_heads: int = typer.Option(8, "--a2l-heads", min=1, help="A2L attention heads (without --a2l)."),
+    a2l_dropout: float = typer.Option(0.1, "--a2l-dropout", min=0.0, max=1.0, help="A2L dropout (without --a2l)."),
+):
+    """Train CALS end to end: Audio-to-Lip + Lip-to-Face against a frame discriminator, then the sync critic."""
+    from cals.models.a2l import A2LConfig
+    from cals.models.cals_model import CalsConfig
+    from cals.models.discriminator import DiscriminatorConfig
+    from cals.models.l2f import LipToFaceConfig
+    from cals.train.cals import CalsLossConfig, CalsTask, a2l_config_of_run
+
+    if a2l is not None:
+        a2l_config = a2l_config_of_run(a2l)
+    else:
+        a2l_config = A2LConfig(unit_dim=unit_dim, layers=a2l_layers, d_model=a2l_d_model, ffn=a2l_ffn, heads=a2l_heads, dropout=a2l_dropout)
+    if critic is not None and not critic.exists():
+        raise FileNotFoundError(f"--critic {critic} does not exist")
+    l2f = LipToFaceConfig(unit_dim=a2l_config.unit_dim, widths=_widths(widths, "--widths"), lip_channels=lip_channels, film=film)
+    config = CalsConfig(a2l=a2l_config, l2f=l2f, window=window)
+    losses = CalsLossConfig(lambda_recon=lambda_recon, lambda_gan=lambda_gan, lambda_sync=lambda_sync if critic is not None else 0.0,
+                            sync_after=sync_after, ema_decay=ema_decay, plateau_steps=plateau_steps, plateau_tol=plateau_tol,
+                            sync_segments=sync_segments)
+    task = CalsTask(config, losses, DiscriminatorConfig(_widths(disc_widths, "--disc-widths")),
+                    a2l_init=str(a2l) if a2l is not None else None, critic=str(critic) if critic is not None else None,
+                    freeze_a2l=freeze_a2l, preview_every=preview_every)
+    return task, {"window": window}
+
+
+@train_command("syncnet")
+def syncnet(
+    offsets: int = typer.Option(7, "--offsets", min=1, help="K: each window is matched against the windows at offsets -K..+K frames (2K+1 candidates)."),
+    loss: str = typer.Option("multiway", "--loss", help="multiway (softmax over the 2K+1 candidates, both directions; Chung et al. 2020) or bce (Wav2Lip: BCE on the ReLU'd cosine)."),
+    embed_dim: int = typer.Option(512, "--embed-dim", min=1, help="Size of the L2-normalised audio and video embeddings."),
+    temperature: float = typer.Option(0.07, "--temperature", min=1e-6, help="Softmax temperature of the multi-way loss (fixed)."),
+    window: Optional[int] = typer.Option(None, "--window", min=7, help="Frames per training window [default: 5 + 2K, one anchor per window]; longer windows use every position whose 2K+1 candidates fit as an anchor (many more anchors per decoded frame)."),
+    mouth_size: str = typer.Option("64,128", "--mouth-size", help="Height,width the mouth region (lower half of the crop) is resized to; multiples of 16."),
+    video_channels: str = typer.Option("96,256,256,256,512", "--video-channels", help="Widths of the 5 video convolutions, comma-separated."),
+    audio_channels: str = typer.Option("64,128,256,256,512", "--audio-channels", help="Widths of the 5 audio convolutions, comma-separated."),
+):
+    """Pre-train the sync critic (video F_v, audio F_a) with the multi-way matching loss."""
+    from cals.constants import LIP_WINDOW_FRAMES
+    from cals.models.sync_critic import SyncCriticConfig
+    from cals.train.sync_critic import LOSSES, SyncCriticTask, SyncLossConfig, min_window
+
+    if loss not in LOSSES:
+        raise ValueError(f"--loss must be one of {', '.join(LOSSES)}, got {loss!r}")
+    size = _widths(mouth_size, "--mouth-size")
+    if len(size) != 2:
+        raise ValueError(f"--mouth-size takes height,width, got {mouth_size!r}")
+    model = SyncCriticConfig(embed_dim=embed_dim, t_s=LIP_WINDOW_FRAMES, mouth_size=size,
+                             video_channels=_widths(video_channels, "--video-channels"),
+                             audio_channels=_widths(audio_channels, "--audio-channels"))
+    losses = SyncLossConfig(offsets=offsets, loss=loss, temperature=temperature)
+    return SyncCriticTask(model, losses), {"window": window or min_window(model, losses)}
 
 
 def main() -> None:

@@ -110,8 +110,12 @@ def _rotation(stream: dict) -> int:
     return int(float(stream.get("tags", {}).get("rotate", 0))) % 360
 
 
-def probe(path: str | Path) -> MediaInfo:
-    """ffprobe a file. Raises ClipError (empty_file, unreadable, no_video)."""
+def probe(path: str | Path, require_video: bool = True) -> MediaInfo:
+    """ffprobe a file. Raises ClipError (empty_file, unreadable, no_video).
+
+    ``require_video=False`` accepts an audio-only file (a WAV): its MediaInfo then has width,
+    height and fps 0 and ``video_codec`` "none".
+    """
     path = str(path)
     if os.path.getsize(path) == 0:
         raise ClipError("empty_file", path)
@@ -122,9 +126,15 @@ def probe(path: str | Path) -> MediaInfo:
         raise ClipError("unreadable", detail) from None
     streams = info.get("streams", [])
     video = next((s for s in streams if s.get("codec_type") == "video" and not s.get("disposition", {}).get("attached_pic")), None)
-    if video is None:
-        raise ClipError("no_video", f"streams: {[s.get('codec_type') for s in streams]}")
     audio = next((s for s in streams if s.get("codec_type") == "audio"), None)
+    if video is None:
+        if require_video:
+            raise ClipError("no_video", f"streams: {[s.get('codec_type') for s in streams]}")
+        if audio is None:
+            raise ClipError("no_audio", f"the file has neither audio nor video (streams: {[s.get('codec_type') for s in streams]})")
+        duration = float(info.get("format", {}).get("duration") or audio.get("duration") or 0.0)
+        return MediaInfo(path=path, duration_s=duration, video_duration_s=0.0, width=0, height=0, fps=0.0, video_codec="none",
+                         has_audio=True, audio_rate=int(audio.get("sample_rate", 0)), audio_channels=int(audio.get("channels", 0)))
     width, height = int(video["width"]), int(video["height"])
     if _rotation(video) in (90, 270):
         width, height = height, width
@@ -226,6 +236,119 @@ def read_audio(info: MediaInfo, window: Window = FULL) -> np.ndarray:
     if result.returncode != 0:
         raise ClipError("decode_error", "audio: " + (_first_line(result.stderr.decode("utf-8", "replace")) or f"exit {result.returncode}"))
     return np.frombuffer(result.stdout, dtype=np.int16).copy()
+
+
+#: x264 constant rate factor of ``cals-generate``'s output (18: visually transparent for most
+#: content; ``--crf`` changes it), and its speed preset.
+ENCODE_CRF = 18
+ENCODE_PRESET = "medium"
+#: AAC bit rate of the 16 kHz mono audio track.
+AAC_BITRATE = "64k"
+
+
+class EncodeError(RuntimeError):
+    """ffmpeg failed to write a video (the message is its last stderr line)."""
+
+
+class VideoEncoder:
+    """Stream ``(H, W, 3)`` uint8 RGB frames at 25 fps into an H.264 mp4 with a 16 kHz AAC
+    audio track, one frame at a time (memory: one frame plus the pipe).
+
+    Video: libx264, yuv420p, ``-crf crf`` (yuv420p needs even sides: an odd width or height is
+    padded by one black column/row). ``lossless=True``: libx264rgb ``-qp 0`` in RGB, which
+    decodes back to exactly the frames written (for tests; few players read it). Audio: the
+    given int16 mono samples at 16 kHz (written to a temporary WAV), AAC at
+    :data:`AAC_BITRATE`. The file is written under a temporary name beside ``out`` and renamed
+    when :meth:`close` succeeds; :meth:`abort` (or leaving the ``with`` block on an exception)
+    removes it.
+    """
+
+    def __init__(self, out: str | Path, width: int, height: int, audio: np.ndarray, lossless: bool = False,
+                 crf: int = ENCODE_CRF) -> None:
+        import shutil
+        import tempfile
+        import uuid
+
+        import soundfile
+
+        self.out = Path(out)
+        self.width, self.height = int(width), int(height)
+        self._frame_bytes = self.width * self.height * 3
+        self._workdir = Path(tempfile.mkdtemp(prefix="cals-encode-"))
+        self._cleanup = lambda: shutil.rmtree(self._workdir, ignore_errors=True)
+        self.partial = self.out.with_name(f".{self.out.stem}.partial-{uuid.uuid4().hex[:8]}.mp4")
+        wav = self._workdir / "audio.wav"
+        soundfile.write(wav, np.asarray(audio, dtype=np.int16), SAMPLE_RATE, subtype="PCM_16")
+        if lossless:
+            video = ["-c:v", "libx264rgb", "-qp", "0", "-pix_fmt", "rgb24"]
+        else:
+            video = ["-c:v", "libx264", "-preset", ENCODE_PRESET, "-crf", str(int(crf)), "-pix_fmt", "yuv420p"]
+            if self.width % 2 or self.height % 2:
+                video += ["-vf", f"pad={self.width + self.width % 2}:{self.height + self.height % 2}"]
+        command = [
+            "ffmpeg", "-nostdin", "-v", "error", "-y",
+            "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{self.width}x{self.height}", "-r", str(FPS), "-i", "pipe:",
+            "-i", ffmpeg_input(wav),
+            "-map", "0:v:0", "-map", "1:a:0", *video,
+            "-c:a", "aac", "-b:a", AAC_BITRATE, "-ar", str(SAMPLE_RATE), "-ac", "1",
+            "-movflags", "+faststart", "-f", "mp4", ffmpeg_input(self.partial),
+        ]  # fmt: skip
+        self.frames = 0
+        self._process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self._drain = _StderrDrain(self._process.stderr)
+        self._drain.start()
+
+    def write(self, frame: np.ndarray) -> None:
+        """Append one ``(H, W, 3)`` uint8 RGB frame."""
+        if frame.shape != (self.height, self.width, 3) or frame.dtype != np.uint8:
+            raise ValueError(f"frame {frame.shape} {frame.dtype}, expected ({self.height}, {self.width}, 3) uint8")
+        try:
+            self._process.stdin.write(np.ascontiguousarray(frame).tobytes())
+        except BrokenPipeError:
+            self._process.wait()
+            self._drain.join(timeout=5)
+            raise EncodeError(f"ffmpeg stopped while encoding {self.out}: {_first_line(self._drain.text()) or 'broken pipe'}") from None
+        self.frames += 1
+
+    def close(self) -> Path:
+        """Finish the file and move it to ``out``; returns ``out``."""
+        try:
+            try:
+                self._process.stdin.close()
+            except BrokenPipeError:  # ffmpeg already exited: its return code and stderr say why
+                pass
+            returncode = self._process.wait()
+            self._drain.join(timeout=5)
+            if returncode != 0:
+                raise EncodeError(f"ffmpeg failed to encode {self.out}: {_first_line(self._drain.text()) or f'exit code {returncode}'}")
+            os.replace(self.partial, self.out)
+        except BaseException:
+            self.abort()
+            raise
+        self._cleanup()
+        return self.out
+
+    def abort(self) -> None:
+        """Stop ffmpeg and remove the partial file."""
+        if self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+        if self._process.stdin and not self._process.stdin.closed:
+            try:
+                self._process.stdin.close()
+            except BrokenPipeError:
+                pass
+        self.partial.unlink(missing_ok=True)
+        self._cleanup()
+
+    def __enter__(self) -> "VideoEncoder":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
 
 
 def ffmpeg_version() -> str:

@@ -177,6 +177,8 @@ def run(task: Task, train: TrainConfig, show_progress: bool = True) -> dict[str,
     stream = StreamConfig(shards=train.shards, split=train.train_split, batch_size=train.batch_size, window=train.window,
                           num_workers=train.num_workers, seed=train.seed, **task.stream_overrides())
     logger = Logger(out, train.steps, step, enabled=main_process, show=show_progress)
+    if hasattr(task, "logger"):  # optional: a task that declares a ``logger`` attribute gets it (images)
+        task.logger = logger
     metrics: dict[str, float] = {}
     try:
         while step < train.steps:
