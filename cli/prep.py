@@ -21,7 +21,7 @@ from rich.console import Console
 
 from cals.constants import SYNCNET_BATCH_SIZE, SYNCNET_VSHIFT
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0])
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0], rich_markup_mode=None)
 err = Console(stderr=True)
 
 
