@@ -279,12 +279,15 @@ class VideoEncoder:
         self.partial = self.out.with_name(f".{self.out.stem}.partial-{uuid.uuid4().hex[:8]}.mp4")
         wav = self._workdir / "audio.wav"
         soundfile.write(wav, np.asarray(audio, dtype=np.int16), SAMPLE_RATE, subtype="PCM_16")
+        # (width, height) of the encoded video: the frames' own, or padded to even sides
+        self.output_size = (self.width, self.height)
         if lossless:
             video = ["-c:v", "libx264rgb", "-qp", "0", "-pix_fmt", "rgb24"]
         else:
             video = ["-c:v", "libx264", "-preset", ENCODE_PRESET, "-crf", str(int(crf)), "-pix_fmt", "yuv420p"]
             if self.width % 2 or self.height % 2:
-                video += ["-vf", f"pad={self.width + self.width % 2}:{self.height + self.height % 2}"]
+                self.output_size = (self.width + self.width % 2, self.height + self.height % 2)
+                video += ["-vf", f"pad={self.output_size[0]}:{self.output_size[1]}"]
         command = [
             "ffmpeg", "-nostdin", "-v", "error", "-y",
             "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{self.width}x{self.height}", "-r", str(FPS), "-i", "pipe:",

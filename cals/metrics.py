@@ -1,0 +1,264 @@
+"""Visual-quality and lip-shape metrics of generated face crops: PSNR, SSIM and LMD.
+
+All three compare a generated clip with its ground truth frame by frame, on the same
+``(T, H, W, 3)`` uint8 RGB crops (the shards' 128x128): the generator redraws the crop it was
+given, so the two are aligned pixel for pixel and no registration is done.
+
+**Averaging.** Every function returns per-frame values; a clip's value is their mean, and a
+corpus value (:mod:`cals.eval`) is the mean over all frames of all clips (frame-pooled), as the
+common lip-sync evaluation scripts do (e.g. TalkLip's ``evaluation/visual_quality.py``, which
+appends one value per frame and averages at the end).
+
+**PSNR** (:func:`psnr_frames`, :func:`psnr`): ``10·log10(255² / MSE)``, MSE over every pixel and
+channel of one frame. Identical frames (MSE 0) give ``+inf`` per frame; before averaging, each
+frame is capped at :data:`~cals.constants.PSNR_CAP_DB` (100 dB, what TalkLip's script returns for
+MSE 0). The cap changes only identical frames: the largest finite PSNR of two different
+128x128x3 uint8 frames is 95.05 dB. So a clip identical to its ground truth scores 100 dB, and
+a single identical frame cannot make a clip's mean infinite.
+
+**SSIM** (:func:`ssim_frames`, :func:`ssim`): Wang, Bovik, Sheikh & Simoncelli 2004, with their
+constants: an 11x11 Gaussian window of σ = 1.5, K1 = 0.01, K2 = 0.03, L = 255, population
+(not sample) variances. Computed **per RGB channel and averaged over the channels**, the choice of
+the lip-sync evaluations this project compares with (scikit-image's ``structural_similarity(...,
+channel_axis=-1, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+data_range=255)``, as in TalkLip's script), not on luminance only. The SSIM map is averaged over
+the "valid" region, the pixels whose whole window lies inside the frame (the 5-pixel border is
+left out), which is what scikit-image's cropping of the filtered maps amounts to.
+
+**LMD** (:class:`MouthLandmarker`, :func:`landmark_distance`): mouth landmarks of MediaPipe
+FaceMesh (0.10.21, shipped in the wheel; ``static_image_mode=True``, ``refine_landmarks=False``,
+one face) on the generated and on the real crop. The landmarks are the 40 points of FaceMesh's
+``FACEMESH_LIPS`` contour set (:data:`LIP_LANDMARKS`: outer and inner lip contours). Per frame,
+LMD is the mean over the 40 landmarks of the Euclidean distance between generated and real
+positions, in **pixels of the crop as given** (128x128 for the shards; no normalisation by face
+size, no alignment: the crops are already aligned). A frame on which FaceMesh finds no face in
+either image is **excluded** and counted (:class:`LandmarkDistance`); a clip with no usable frame
+has no LMD (None). Published LMD values use other landmark detectors (dlib's 68 points) and
+resolutions, so they are comparable with each other, not with these to the digit.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+
+from cals.constants import PIXEL_MAX, PSNR_CAP_DB, SSIM_K1, SSIM_K2, SSIM_SIGMA, SSIM_WINDOW
+
+#: The 40 FaceMesh landmark indices of ``mediapipe.solutions.face_mesh.FACEMESH_LIPS`` (the
+#: vertices of its edges), sorted: the outer and inner contours of both lips.
+LIP_LANDMARKS: tuple[int, ...] = (
+    0, 13, 14, 17, 37, 39, 40, 61, 78, 80, 81, 82, 84, 87, 88, 91, 95, 146, 178, 181,
+    185, 191, 267, 269, 270, 291, 308, 310, 311, 312, 314, 317, 318, 321, 324, 375, 402, 405, 409, 415,
+)  # fmt: skip
+
+
+def _as_clips(generated: np.ndarray, real: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both inputs as ``(T, H, W, C)`` uint8 arrays of the same shape (a single ``(H, W, C)``
+    frame becomes a clip of one)."""
+    generated, real = np.asarray(generated), np.asarray(real)
+    if generated.shape != real.shape:
+        raise ValueError(f"generated {generated.shape} and real {real.shape} frames differ in shape")
+    if generated.dtype != np.uint8 or real.dtype != np.uint8:
+        raise ValueError(f"expected uint8 frames, got {generated.dtype} and {real.dtype}")
+    if generated.ndim == 3:
+        generated, real = generated[None], real[None]
+    if generated.ndim != 4:
+        raise ValueError(f"expected (T, H, W, C) or (H, W, C) frames, got {generated.shape}")
+    return generated, real
+
+
+# --- PSNR ---
+
+
+def psnr_frames(generated: np.ndarray, real: np.ndarray) -> np.ndarray:
+    """PSNR of each frame, dB: ``(T,)`` float64, ``+inf`` where the frames are identical.
+
+    Args:
+        generated, real: ``(T, H, W, C)`` (or one ``(H, W, C)``) uint8 frames.
+    """
+    generated, real = _as_clips(generated, real)
+    diff = generated.astype(np.float64) - real.astype(np.float64)
+    mse = (diff**2).reshape(diff.shape[0], -1).mean(axis=1)
+    with np.errstate(divide="ignore"):
+        return 10.0 * np.log10(float(PIXEL_MAX) ** 2 / mse)
+
+
+def psnr(generated: np.ndarray, real: np.ndarray, cap: float = PSNR_CAP_DB) -> float:
+    """Mean over frames of the per-frame PSNR, each capped at ``cap`` dB (identical frames count
+    as ``cap``; see the module docstring)."""
+    return float(np.minimum(psnr_frames(generated, real), cap).mean())
+
+
+# --- SSIM ---
+
+
+def gaussian_window(size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> np.ndarray:
+    """``(size,)`` float64 1-D Gaussian, normalised to sum 1 (the 2-D window is its outer
+    product)."""
+    offsets = np.arange(size, dtype=np.float64) - (size - 1) / 2
+    weights = np.exp(-(offsets**2) / (2.0 * sigma**2))
+    return weights / weights.sum()
+
+
+def _filter_valid(image: np.ndarray, window: np.ndarray) -> np.ndarray:
+    """Separable correlation of ``(H, W)`` float64 with ``window`` on both axes, keeping only the
+    positions where the window lies inside the image: ``(H - k + 1, W - k + 1)``."""
+    rows = np.lib.stride_tricks.sliding_window_view(image, window.size, axis=0) @ window
+    return np.lib.stride_tricks.sliding_window_view(rows, window.size, axis=1) @ window
+
+
+def ssim_frames(
+    generated: np.ndarray,
+    real: np.ndarray,
+    window: int = SSIM_WINDOW,
+    sigma: float = SSIM_SIGMA,
+    k1: float = SSIM_K1,
+    k2: float = SSIM_K2,
+) -> np.ndarray:
+    """SSIM of each frame: ``(T,)`` float64, the valid-region mean of the SSIM map of each
+    channel, averaged over the channels (see the module docstring).
+
+    Args:
+        generated, real: ``(T, H, W, C)`` (or one ``(H, W, C)``) uint8 frames, H and W at least
+            ``window``.
+    """
+    generated, real = _as_clips(generated, real)
+    if min(generated.shape[1:3]) < window:
+        raise ValueError(f"frames of {generated.shape[1]}x{generated.shape[2]} are smaller than the {window}x{window} SSIM window")
+    kernel = gaussian_window(window, sigma)
+    c1, c2 = (k1 * PIXEL_MAX) ** 2, (k2 * PIXEL_MAX) ** 2
+    out = np.empty(generated.shape[0])
+    for index in range(generated.shape[0]):
+        channels = []
+        for channel in range(generated.shape[3]):
+            x = generated[index, :, :, channel].astype(np.float64)
+            y = real[index, :, :, channel].astype(np.float64)
+            mean_x, mean_y = _filter_valid(x, kernel), _filter_valid(y, kernel)
+            var_x = _filter_valid(x * x, kernel) - mean_x**2
+            var_y = _filter_valid(y * y, kernel) - mean_y**2
+            cov = _filter_valid(x * y, kernel) - mean_x * mean_y
+            numerator = (2 * mean_x * mean_y + c1) * (2 * cov + c2)
+            denominator = (mean_x**2 + mean_y**2 + c1) * (var_x + var_y + c2)
+            channels.append(float((numerator / denominator).mean()))
+        out[index] = np.mean(channels)
+    return out
+
+
+def ssim(generated: np.ndarray, real: np.ndarray) -> float:
+    """Mean over frames of :func:`ssim_frames`."""
+    return float(ssim_frames(generated, real).mean())
+
+
+# --- LMD ---
+
+
+class MouthLandmarker:
+    """MediaPipe FaceMesh lip landmarks of face crops (a callable class: the graph is built once
+    in ``__init__``; not thread-safe, one per worker).
+
+    ``landmarker(frames)`` with ``(T, H, W, 3)`` uint8 RGB → ``(T, 40, 2)`` float64 ``(x, y)``
+    pixel positions of :data:`LIP_LANDMARKS` in each frame, rows of NaN where FaceMesh found no
+    face. Use as a context manager or call :meth:`close`.
+    """
+
+    def __init__(self) -> None:
+        os.environ.setdefault("GLOG_minloglevel", "2")
+        import mediapipe as mp
+
+        self._mesh = mp.solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1, refine_landmarks=False)
+
+    def __call__(self, frames: np.ndarray) -> np.ndarray:
+        frames = np.asarray(frames)
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+            raise ValueError(f"expected (T, H, W, 3) uint8 RGB frames, got {frames.shape} {frames.dtype}")
+        height, width = frames.shape[1:3]
+        out = np.full((frames.shape[0], len(LIP_LANDMARKS), 2), np.nan)
+        for index, frame in enumerate(frames):
+            found = self._mesh.process(np.ascontiguousarray(frame)).multi_face_landmarks
+            if not found:
+                continue
+            points = found[0].landmark
+            out[index] = [(points[i].x * width, points[i].y * height) for i in LIP_LANDMARKS]
+        return out
+
+    def close(self) -> None:
+        self._mesh.close()
+
+    def __enter__(self) -> "MouthLandmarker":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+@dataclass(frozen=True)
+class LandmarkDistance:
+    """LMD of one clip.
+
+    Attributes:
+        value: mean over the usable frames of the per-frame LMD, pixels; None when no frame was
+            usable.
+        per_frame: ``(T,)`` mean landmark distance per frame, NaN on excluded frames.
+        frames: frames compared (T).
+        used: frames with a face in both images (the ones averaged).
+        no_face_generated, no_face_real: frames where FaceMesh found no face in the generated /
+            the real image (a frame may count in both).
+    """
+
+    value: Optional[float]
+    per_frame: np.ndarray
+    frames: int
+    used: int
+    no_face_generated: int
+    no_face_real: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "lmd": self.value,
+            "frames": self.frames,
+            "lmd_frames": self.used,
+            "no_face_generated": self.no_face_generated,
+            "no_face_real": self.no_face_real,
+        }
+
+
+def landmark_distance(generated: np.ndarray, real: np.ndarray) -> LandmarkDistance:
+    """LMD from landmark arrays.
+
+    Args:
+        generated, real: ``(T, L, 2)`` landmark positions (pixels); a frame whose landmarks are
+            NaN (no face found) is excluded and counted.
+    """
+    generated, real = np.asarray(generated, dtype=np.float64), np.asarray(real, dtype=np.float64)
+    if generated.shape != real.shape or generated.ndim != 3 or generated.shape[-1] != 2:
+        raise ValueError(f"expected two (T, L, 2) landmark arrays of one shape, got {generated.shape} and {real.shape}")
+    missing_generated = np.isnan(generated).any(axis=(1, 2))
+    missing_real = np.isnan(real).any(axis=(1, 2))
+    per_frame = np.linalg.norm(generated - real, axis=2).mean(axis=1)
+    usable = ~(missing_generated | missing_real)
+    per_frame[~usable] = np.nan
+    used = int(usable.sum())
+    return LandmarkDistance(
+        value=float(per_frame[usable].mean()) if used else None,
+        per_frame=per_frame,
+        frames=int(generated.shape[0]),
+        used=used,
+        no_face_generated=int(missing_generated.sum()),
+        no_face_real=int(missing_real.sum()),
+    )
+
+
+__all__ = [
+    "LIP_LANDMARKS",
+    "LandmarkDistance",
+    "MouthLandmarker",
+    "gaussian_window",
+    "landmark_distance",
+    "psnr",
+    "psnr_frames",
+    "ssim",
+    "ssim_frames",
+]

@@ -1,0 +1,88 @@
+"""``cals-eval``: PSNR, SSIM, LMD, LSE-D and LSE-C of a CALS model on a shard dataset, as the paper's Table 1.
+
+``cals-eval --shards shards/NAME --split test --ckpt RUN [--syncnet syncnet_v2.model | --critic
+RUN] [--limit N] [--out report]`` generates every clip of the split (first frame as the
+reference), prints the table and, with ``--out``, writes ``report.md`` and ``report.json``
+(per-clip numbers). See :mod:`cals.eval` for the definitions.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0])
+err = Console(stderr=True)
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print a one-line error and exit (no traceback)."""
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+@app.command()
+def evaluate(
+    shards: Path = typer.Option(..., "--shards", help="A dataset folder written by cals-prep (OUT/NAME)."),
+    ckpt: Path = typer.Option(..., "--ckpt", help="CALS model: a cals-train cals run folder, or a .safetensors inside one."),
+    split: str = typer.Option("test", "--split", help="Which split's shards to evaluate."),
+    syncnet: Optional[Path] = typer.Option(None, "--syncnet", help="LSE with syncnet_v2.model (syncnet_python's released weights): the published metric."),
+    critic: Optional[Path] = typer.Option(None, "--critic", help="LSE with the project's sync critic (a cals-train syncnet run) instead: not on SyncNet's scale."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N clips."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write OUT.md (the table) and OUT.json (per-clip numbers)."),
+    device: str = typer.Option("cpu", "--device", help="torch device of the models (cpu, cuda, cuda:1, ...)."),
+    quiet: bool = typer.Option(False, "--quiet", help="No per-clip progress lines."),
+) -> None:
+    """Evaluate a CALS model on a split: the paper's Table 1 (PSNR, SSIM, LMD, LSE-D, LSE-C)."""
+    import torch
+
+    from cals.eval import evaluate as run_evaluation
+
+    if not shards.is_dir():
+        fail(f"--shards {shards} is not a folder")
+    if not ckpt.exists():
+        fail(f"--ckpt {ckpt} does not exist")
+    if syncnet is not None and critic is not None:
+        fail("give --syncnet or --critic, not both")
+    if out is not None and not out.parent.is_dir():
+        fail(f"cannot write {out}: folder {out.parent} does not exist")
+    try:
+        torch.device(device)
+    except RuntimeError as error:
+        fail(f"--device {device!r} is not a torch device: {error}")
+
+    def progress(clip) -> None:
+        if quiet:
+            return
+        line = f"{clip.key}: {clip.frames} frames"
+        if clip.psnr is not None:
+            line += f", PSNR {clip.psnr:.3f}, SSIM {clip.ssim:.3f}, LMD {'–' if clip.lmd is None else f'{clip.lmd:.3f}'}"
+        if clip.lse_d is not None:
+            line += f", LSE-D {clip.lse_d:.3f}, LSE-C {clip.lse_c:.3f}"
+        if clip.error:
+            line += f" ({clip.error})"
+        err.print(line, highlight=False, soft_wrap=True)
+
+    try:
+        report = run_evaluation(shards, ckpt, split=split, syncnet=syncnet, critic=critic, limit=limit, out=out, device=device, progress=progress)
+    except (FileNotFoundError, ValueError) as error:
+        fail(str(error))
+    Console().print(report.to_markdown(), highlight=False, soft_wrap=True, markup=False)
+    stats = report.summary()
+    if stats["clips"] == 0:
+        fail(f"no {split!r} samples in {shards}", code=1)
+    if stats["clips_failed"] == stats["clips"]:
+        fail("no clip could be evaluated; see the errors above", code=1)
+
+
+def main() -> None:
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""``cals-generate``: lip-sync a face video or image to an audio track with a trained CALS model.
+
+``cals-generate --face VIDEO_OR_IMAGE --audio WAV_OR_VIDEO --ckpt RUN --out out.mp4`` writes an
+H.264 (yuv420p) mp4 at the face input's resolution and 25 fps, with the audio as 16 kHz AAC,
+as long as the audio. See :mod:`pipeline.generate` for the chain.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import Enum
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from cals.constants import PASTE_FEATHER
+from pipeline.io import ENCODE_CRF
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0])
+err = Console(stderr=True)
+
+
+class DetectorName(str, Enum):
+    mediapipe = "mediapipe"
+    sfd = "sfd"
+    none = "none"
+
+
+class MediapipeModel(str, Enum):
+    short = "short"
+    full = "full"
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print a one-line error and exit (no traceback)."""
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+@app.command()
+def generate(
+    face: Path = typer.Option(..., "--face", help="Face video (any ffmpeg format; decoded at 25 fps) or still image."),
+    audio: Path = typer.Option(..., "--audio", help="Driving audio: a WAV (any rate, downmixed to 16 kHz mono) or a video's audio track."),
+    ckpt: Path = typer.Option(..., "--ckpt", help="CALS model: a cals-train cals run folder, or a .safetensors inside one."),
+    out: Path = typer.Option(..., "--out", help="Output mp4."),
+    device: str = typer.Option("cpu", "--device", help="torch device of the model (cpu, cuda, cuda:1, ...)."),
+    detector: DetectorName = typer.Option(DetectorName.mediapipe, "--detector", help="Face detector (as cals-prep): mediapipe, sfd, or none (the centre square)."),
+    mediapipe_model: MediapipeModel = typer.Option(MediapipeModel.short, "--mediapipe-model", help="short: faces within ~2 m; full: small/distant faces."),
+    crop_margin: float = typer.Option(1.6, "--crop-margin", min=1.0, help="Crop side = margin x the detection box's larger side (use the value the model's shards were prepared with)."),
+    feather: float = typer.Option(PASTE_FEATHER, "--feather", min=0.0, max=0.5, help="Seam blend width, share of the crop box side (0: hard paste)."),
+    crf: int = typer.Option(ENCODE_CRF, "--crf", min=0, max=51, help="x264 quality (lower: better, larger)."),
+    lossless: bool = typer.Option(False, "--lossless", help="Lossless RGB H.264 (libx264rgb -qp 0) instead of yuv420p: exact pixels, large files, few players."),
+) -> None:
+    """Write OUT: the face lip-synced to the audio, as long as the audio."""
+    import torch
+
+    from pipeline.generate import GenerateParams, InputError, generate_video
+    from pipeline.io import EncodeError
+    from pipeline.stages.crop import CropParams
+
+    for name, path in (("--face", face), ("--audio", audio), ("--ckpt", ckpt)):
+        if not path.exists():
+            fail(f"{name} {path} does not exist")
+    if out.suffix.lower() != ".mp4":
+        fail(f"--out {out} must end in .mp4")
+    if not out.parent.is_dir():
+        fail(f"cannot write {out}: folder {out.parent} does not exist")
+    try:
+        torch.device(device)
+    except RuntimeError as error:
+        fail(f"--device {device!r} is not a torch device: {error}")
+    params = GenerateParams(
+        detector=detector.value,
+        mediapipe_model=mediapipe_model.value,
+        crop=CropParams(margin=crop_margin),
+        feather=feather,
+        lossless=lossless,
+        crf=crf,
+    )
+    from cals.models.cals_model import load_cals_model
+
+    try:
+        model = load_cals_model(ckpt, device=device)
+    except (FileNotFoundError, ValueError) as error:
+        fail(f"--ckpt {ckpt}: {error}")
+    try:
+        result = generate_video(face, audio, ckpt, out, params, device=device, model=model)
+    except (InputError, EncodeError, FileNotFoundError, ImportError) as error:
+        fail(str(error))
+    Console().print(
+        f"{result.out}: {result.width}x{result.height}, {result.frames} frames at 25 fps, {result.duration_s:.2f} s of audio"
+        f"{' (still image)' if result.source_frames == 1 else ' (face video looped)' if result.looped else ''}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def main() -> None:
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""cals-eval through its command line on a tiny real shard dataset (one fixture clip prepared by
+run_prep, 2 s, split "test") with a random-weight CALS model, a random-weight SyncNet v2 and a
+small random sync critic: the numbers are meaningless, the report's structure and the
+ground-truth rows (SSIM 1, LMD 0) are what is checked."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from cli.eval import app
+from tests.conftest import FIXTURE_VIDEO, needs_fixtures
+from tests.tiny_models import tiny_cals_config
+
+runner = CliRunner()
+CLIP = FIXTURE_VIDEO / "talk_aoc2_retalking.mp4"  # 590x590, 25 fps, a woman speaking to camera
+CLIP_SECONDS = 2.0
+
+
+def one_line_error(result) -> str:
+    assert "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    return " ".join(result.output.split())
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    from cals.models.cals_model import save_random_cals_model
+    from cals.models.sync_critic import SyncCritic, SyncCriticConfig
+    from cals.models.syncnet_v2 import SyncNetV2
+    from cals.train.checkpoint import save_checkpoint, write_json
+
+    root = tmp_path_factory.mktemp("models")
+    run = save_random_cals_model(root / "cals-run", tiny_cals_config())
+    torch.manual_seed(0)
+    syncnet = root / "random_syncnet_v2.model"
+    torch.save(SyncNetV2().state_dict(), syncnet)
+    critic_run = root / "critic-run"
+    critic_run.mkdir()
+    config = SyncCriticConfig(embed_dim=16, mouth_size=(32, 64), video_channels=(8, 8, 8, 8, 16), audio_channels=(8, 8, 8, 8, 16))
+    write_json(critic_run / "config.json", {"task": "sync_critic", "task_config": {"model": config.to_dict()}})
+    save_checkpoint(critic_run, 1, SyncCritic(config).state_dict(), {}, keep=1)
+    return {"cals": run, "syncnet": syncnet, "critic": critic_run}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    from pipeline.clip import PrepParams
+    from pipeline.manifest import ClipSource
+    from pipeline.run import run_prep
+
+    out = tmp_path_factory.mktemp("shards") / "tiny"
+    source = ClipSource(key="aoc2", path=str(CLIP), dataset="tiny", split="test", speaker="aoc", end_s=CLIP_SECONDS)
+    summary = run_prep({"test": [source]}, out, PrepParams(detector="none"), workers=1, show_progress=False)
+    assert summary.ok == 1
+    return out
+
+
+@pytest.mark.slow
+@needs_fixtures
+def test_report_has_the_papers_table_and_per_clip_json(tmp_path, dataset, models):
+    out = tmp_path / "report"
+    result = runner.invoke(app, ["--shards", str(dataset), "--split", "test", "--ckpt", str(models["cals"]),
+                                 "--syncnet", str(models["syncnet"]), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    markdown = (tmp_path / "report.md").read_text()
+    lines = markdown.splitlines()
+    header = lines.index("| method | PSNR | SSIM | LMD | LSE-D | LSE-C |")
+    assert lines[header + 1] == "| --- | --- | --- | --- | --- | --- |"
+    truth = [c.strip() for c in lines[header + 2].strip("|").split("|")]
+    method = [c.strip() for c in lines[header + 3].strip("|").split("|")]
+    assert truth[:4] == ["ground truth", "–", "1.000", "0.000"]
+    assert method[0] == "CALS (cals-run)"
+    # a random generator paints no face: FaceMesh finds none, so LMD has no frame (shown "–")
+    assert method[3] == "–"
+    assert all(float(v) == float(v) for v in truth[4:] + method[1:3] + method[4:]), (truth, method)
+    assert "FaceMesh found no face in 50 generated and 0 real frames" in markdown
+    assert "SyncNet v2" in markdown and str(models["syncnet"]) in markdown
+    assert "| method | PSNR" in result.output  # the table is printed too
+
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["split"] == "test" and report["sync_scorer"]["kind"] == "syncnet_v2"
+    assert report["table"]["ground truth"]["PSNR"] is None
+    assert report["table"]["ground truth"]["SSIM"] == pytest.approx(1.0, abs=1e-12)
+    assert report["table"]["ground truth"]["LMD"] == 0.0
+    assert report["summary"]["clips"] == 1 and report["summary"]["clips_failed"] == 0
+    (clip,) = report["clips"]
+    assert clip["key"] == "aoc2" and clip["frames"] == int(CLIP_SECONDS * 25)
+    assert clip["error"] is None
+    assert clip["gt_lmd_frames"] == clip["frames"]  # FaceMesh finds the real face on every crop
+    assert clip["lmd"] is None and clip["lmd_frames"] == 0 and clip["no_face_generated"] == clip["frames"]
+    assert 0 < clip["psnr"] < 100 and -1 <= clip["ssim"] < 1
+    for key in ("lse_d", "lse_c", "gt_lse_d", "gt_lse_c"):
+        assert isinstance(clip[key], float)
+    assert report["table"]["CALS (cals-run)"]["LSE-D"] == pytest.approx(clip["lse_d"])
+    assert report["table"]["CALS (cals-run)"]["PSNR"] == pytest.approx(clip["psnr"])
+
+
+class ShiftedCopy:
+    """A stand-in model whose "generation" is the target frames moved ``shift`` pixels right
+    (the metrics then have known values: 0 px shift = a perfect reconstruction)."""
+
+    def __init__(self, shift: int) -> None:
+        self.shift = shift
+
+    def generate(self, mel, reference, targets):
+        return torch.roll(targets, self.shift, dims=-1)
+
+
+@pytest.mark.slow
+@needs_fixtures
+def test_metrics_of_a_perfect_and_a_shifted_reconstruction(dataset):
+    from cals.data import iter_samples
+    from cals.eval import evaluate_clip
+    from cals.metrics import MouthLandmarker
+
+    (sample,) = list(iter_samples(dataset, split="test"))
+    with MouthLandmarker() as landmarker:
+        perfect = evaluate_clip(ShiftedCopy(0), sample, landmarker, None)
+        shifted = evaluate_clip(ShiftedCopy(3), sample, landmarker, None)
+    assert (perfect.psnr, perfect.ssim, perfect.lmd) == (100.0, pytest.approx(1.0), 0.0)
+    assert perfect.lmd_frames == sample.num_frames and perfect.lse_d is None
+    assert shifted.psnr < 40 and shifted.ssim < 1
+    assert shifted.lmd == pytest.approx(3.0, abs=1.0)  # the lips moved 3 px
+
+
+@pytest.mark.slow
+@needs_fixtures
+def test_the_project_critic_scores_lse_and_the_report_says_so(tmp_path, dataset, models):
+    from cals.eval import evaluate
+
+    report = evaluate(dataset, models["cals"], split="test", critic=models["critic"], out=tmp_path / "critic.json")
+    data = json.loads((tmp_path / "critic.json").read_text())
+    assert data["sync_scorer"]["kind"] == "critic" and "not SyncNet" in data["sync_scorer"]["note"]
+    assert "not SyncNet" in (tmp_path / "critic.md").read_text()
+    (clip,) = report.clips
+    assert 0 <= clip.lse_d <= 2 and 0 <= clip.gt_lse_d <= 2  # unit embeddings
+    assert report.rows()["ground truth"]["SSIM"] == pytest.approx(1.0)
+
+
+@pytest.mark.slow
+@needs_fixtures
+def test_without_a_scorer_the_lse_columns_are_dashes(dataset, models):
+    result = runner.invoke(app, ["--shards", str(dataset), "--ckpt", str(models["cals"]), "--quiet"])
+    assert result.exit_code == 0, result.output
+    row = [line for line in result.output.splitlines() if line.startswith("| ground truth")][0]
+    assert [c.strip() for c in row.strip("|").split("|")][4:] == ["–", "–"]
+    assert "not measured" in result.output
+
+
+def test_syncnet_and_critic_together_are_refused(tmp_path):
+    (tmp_path / "run").mkdir()
+    result = runner.invoke(app, ["--shards", str(tmp_path), "--ckpt", str(tmp_path / "run"), "--syncnet", "a", "--critic", "b"])
+    assert result.exit_code == 2 and "not both" in one_line_error(result)
+
+
+def test_missing_inputs_are_one_line_errors(tmp_path, models):
+    result = runner.invoke(app, ["--shards", str(tmp_path / "nope"), "--ckpt", str(models["cals"])])
+    assert result.exit_code == 2 and "is not a folder" in one_line_error(result)
+    result = runner.invoke(app, ["--shards", str(tmp_path), "--ckpt", str(models["cals"])])
+    assert result.exit_code == 2 and "no 'test' shards" in one_line_error(result)
+    result = runner.invoke(app, ["--shards", str(tmp_path), "--ckpt", str(tmp_path / "nothing")])
+    assert result.exit_code == 2 and "does not exist" in one_line_error(result)
+    result = runner.invoke(app, ["--shards", str(tmp_path), "--ckpt", str(models["cals"]), "--syncnet", str(tmp_path / "syncnet_v2.model")])
+    assert result.exit_code == 2 and "robots.ox.ac.uk" in one_line_error(result)
