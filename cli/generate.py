@@ -8,7 +8,6 @@ as long as the audio. See :mod:`pipeline.generate` for the chain.
 from __future__ import annotations
 
 import os
-from enum import Enum
 from pathlib import Path
 
 import typer
@@ -16,26 +15,9 @@ from rich.console import Console
 
 from cals.constants import PASTE_FEATHER
 from pipeline.io import ENCODE_CRF
+from cli.common import DetectorName, MediapipeModel, fail
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0])
-err = Console(stderr=True)
-
-
-class DetectorName(str, Enum):
-    mediapipe = "mediapipe"
-    sfd = "sfd"
-    none = "none"
-
-
-class MediapipeModel(str, Enum):
-    short = "short"
-    full = "full"
-
-
-def fail(message: str, code: int = 2) -> None:
-    """Print a one-line error and exit (no traceback)."""
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
 
 
 @app.command()

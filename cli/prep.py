@@ -10,7 +10,6 @@ from __future__ import annotations
 import inspect
 import os
 import sys
-import typing
 import uuid
 from enum import Enum
 from pathlib import Path
@@ -20,26 +19,9 @@ import typer
 from rich.console import Console
 
 from cals.constants import SYNCNET_BATCH_SIZE, SYNCNET_VSHIFT
+from cli.common import DetectorName, MediapipeModel, err, fail, keyword_parameters
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0], rich_markup_mode=None)
-err = Console(stderr=True)
-
-
-class DetectorName(str, Enum):
-    mediapipe = "mediapipe"
-    sfd = "sfd"
-    none = "none"
-
-
-class MediapipeModel(str, Enum):
-    short = "short"
-    full = "full"
-
-
-def fail(message: str, code: int = 2) -> None:
-    """Print a one-line error and exit (no traceback)."""
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
 
 
 def writable_dir(path: Path) -> Path:
@@ -95,16 +77,6 @@ def _common_options(
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar or summary table."),
 ) -> None:
     """Template: its parameters are the options every prep command shares."""
-
-
-def keyword_parameters(function: Callable) -> list[inspect.Parameter]:
-    """``function``'s parameters, keyword-only, with annotations resolved to types (Typer needs
-    real types; this module's annotations are strings)."""
-    hints = typing.get_type_hints(function)
-    return [
-        p.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=hints.get(p.name, p.annotation))
-        for p in inspect.signature(function).parameters.values()
-    ]
 
 
 COMMON_PARAMETERS = keyword_parameters(_common_options)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-from enum import Enum
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -21,29 +20,12 @@ from rich.console import Console
 from rich.table import Table
 
 from cals.constants import SYNCNET_BATCH_SIZE, SYNCNET_VSHIFT
+from cli.common import DetectorName, MediapipeModel, err, fail
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0])
-err = Console(stderr=True)
 
 #: Columns of the --csv file, in order.
 CSV_COLUMNS = ("clip", "num_frames", "offset", "min_dist", "conf", "error")
-
-
-class DetectorName(str, Enum):
-    mediapipe = "mediapipe"
-    sfd = "sfd"
-    none = "none"
-
-
-class MediapipeModel(str, Enum):
-    short = "short"
-    full = "full"
-
-
-def fail(message: str, code: int = 2) -> None:
-    """Print a one-line error and exit (no traceback)."""
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
 
 
 def _iter_videos(videos: list[Path], root: Path, detector: Any, params: Any) -> Iterator[tuple[str, Any]]:

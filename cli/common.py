@@ -1,0 +1,43 @@
+"""What every ``cals-*`` command line shares: the one-line error, the detector choices, and the
+signature helper behind the commands that add shared options (``prep_command``,
+``train_command``)."""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from enum import Enum
+from typing import Callable
+
+import typer
+from rich.console import Console
+
+#: Where errors and progress go (stdout stays for results).
+err = Console(stderr=True)
+
+
+class DetectorName(str, Enum):
+    mediapipe = "mediapipe"
+    sfd = "sfd"
+    none = "none"
+
+
+class MediapipeModel(str, Enum):
+    short = "short"
+    full = "full"
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print a one-line error and exit (no traceback)."""
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def keyword_parameters(function: Callable) -> list[inspect.Parameter]:
+    """``function``'s parameters, keyword-only, with annotations resolved to types (Typer needs
+    real types; modules using ``from __future__ import annotations`` hold strings)."""
+    hints = typing.get_type_hints(function)
+    return [
+        p.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=hints.get(p.name, p.annotation))
+        for p in inspect.signature(function).parameters.values()
+    ]
