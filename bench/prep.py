@@ -44,9 +44,9 @@ from pipeline.io import iter_frames, probe
 from pipeline.manifest import ClipSource
 from pipeline.recipes.folder import SPLITS, prepare_folder
 from pipeline.recipes.lrs2 import CORPUS_FOLDER, MAIN_LIST_FILES, MAIN_SUBSET, prepare_lrs2
+from pipeline.ray_session import WORKER_ENV
 from pipeline.run import (
     BYTES_PER_FRAME_ESTIMATE,
-    WORKER_ENV,
     RunSummary,
     estimate_clip_duration,
     plan_shards,

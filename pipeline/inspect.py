@@ -10,8 +10,12 @@ from __future__ import annotations
 
 from itertools import islice
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 from cals.constants import CROP_SIZE
 from cals.data import MANIFEST_FILE, iter_samples

@@ -6,7 +6,7 @@ after shard; a worker process that dies is replaced and its shard retried
 (:data:`pipeline.run.TASK_MAX_RETRIES` times), after which every sample of the shard is recorded
 with the failure. Each actor reserves 1 CPU and :data:`pipeline.run.TASK_MEMORY_BYTES`, plus
 1 GPU when the driver sees CUDA (``torch.cuda.is_available()``): the model then runs on the
-actor's GPU. A local run binds Ray to 127.0.0.1 only (:data:`pipeline.run.RAY_SINGLE_NODE_ENV`);
+actor's GPU. A local run binds Ray to 127.0.0.1 only (:mod:`pipeline.ray_session`);
 ``address`` joins an existing cluster, whose nodes must see the dataset folder.
 
 Shards whose every sample is already done are skipped without starting Ray, so a re-run after a
@@ -17,7 +17,6 @@ and the job's reports (:func:`pipeline.rewrite.update_manifest`).
 from __future__ import annotations
 
 import logging
-import os
 import tarfile
 import time
 from collections import Counter, deque
@@ -27,7 +26,8 @@ from typing import Any, Optional
 
 from cals.data import MANIFEST_FILE, is_url
 from pipeline.rewrite import ShardJob, manifest_values, rewrite_shard, scan_shard, shard_is_done, update_manifest
-from pipeline.run import RAY_SINGLE_NODE_ENV, TASK_MAX_RETRIES, TASK_MEMORY_BYTES, WORKER_ENV, is_loopback
+from pipeline.ray_session import ray_session
+from pipeline.run import TASK_MAX_RETRIES, TASK_MEMORY_BYTES
 from pipeline.shard_writer import PARTS_DIR
 
 log = logging.getLogger(__name__)
@@ -202,30 +202,11 @@ def _run_pool(dataset: Path, job: ShardJob, todo: list[str], workers: Optional[i
               show_progress: bool, fail_fast: bool, total: int, already: int) -> tuple[dict[str, dict], dict[str, str]]:
     """Start (or join) Ray, feed ``todo`` shards to the actor pool; returns (shard → report,
     shard → failure detail)."""
-    if address is None or is_loopback(address):
-        os.environ.setdefault(*RAY_SINGLE_NODE_ENV)
-    import ray
     import torch
 
     use_gpu = torch.cuda.is_available()
-    started_ray = False
-    if not ray.is_initialized():
-        init_args: dict[str, Any] = dict(
-            logging_level=logging.WARNING,
-            runtime_env={"env_vars": WORKER_ENV},
-            configure_logging=True,
-            log_to_driver=False,  # worker logs stay in Ray's session log folder; failures reach the manifest
-        )
-        if address:
-            ray.init(address=address, **init_args)
-        else:
-            ray.init(num_cpus=workers or os.cpu_count(), include_dashboard=False, **init_args)
-        started_ray = True
-    try:
+    with ray_session(workers, address):
         return _feed(dataset, job, todo, workers, use_gpu, show_progress, fail_fast, total, already)
-    finally:
-        if started_ray:
-            ray.shutdown()
 
 
 def _feed(dataset: Path, job: ShardJob, todo: list[str], workers: Optional[int], use_gpu: bool,

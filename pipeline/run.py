@@ -32,6 +32,7 @@ from pipeline.errors import ClipError
 from pipeline.io import ffmpeg_version, probe
 from pipeline.manifest import ClipSource, manifest_row, read_rows, write_parquet
 from pipeline.recipes.folder import SPLITS, stable_fraction
+from pipeline.ray_session import prepare_environment, ray_session
 from pipeline.shard_writer import PARTS_DIR, ShardPlan, marker_name, part_name, prepare_shard, shard_is_complete
 from pipeline.storage import LocalStorage, Storage, open_storage
 
@@ -50,20 +51,6 @@ TASK_MAX_RETRIES = 2
 CLIP_CRASH_LIMIT = 2
 #: Failure reasons that may pass on a second try (``--retry-failed`` redoes their shards).
 TRANSIENT_REASONS = ("worker_crash", "internal_error")
-#: Ray's switch for single-node mode: with it "0", Ray binds to 127.0.0.1 instead of the
-#: machine's routable address. Set for local runs (and loopback --address), never for a real
-#: cluster; it only takes effect if set before Ray is first imported in the process.
-RAY_SINGLE_NODE_ENV = ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-#: Environment of Ray workers: quiet native logs, one BLAS/OpenMP thread per task.
-WORKER_ENV = {"GLOG_minloglevel": "2", "TF_CPP_MIN_LOG_LEVEL": "3", "OMP_NUM_THREADS": "1"}
-
-
-def is_loopback(address: str) -> bool:
-    """True for Ray addresses on this machine's loopback (127.x, localhost, ::1)."""
-    host = address.split("://")[-1].rsplit(":", 1)[0].strip("[]")
-    return host == "localhost" or host.startswith("127.") or host == "::1"
-
-
 class OutputMismatch(Exception):
     """The output folder holds a run prepared from other inputs or parameters."""
 
@@ -268,9 +255,7 @@ def run_prep(
     ``force`` (then shards whose digest differs are redone and shards no longer planned are
     removed). ``retry_failed`` redoes the shards whose clips failed for a transient reason.
     """
-    if address is None or is_loopback(address):
-        os.environ.setdefault(*RAY_SINGLE_NODE_ENV)
-    import ray
+    prepare_environment(address)
     from rich.console import Console
 
     started = time.time()
@@ -317,31 +302,15 @@ def run_prep(
     plan_s = time.time() - started
     if show_progress and len(todo) < len(plans):
         Console(stderr=True).print(f"resuming {out_dir}: {len(plans) - len(todo)} of {len(plans)} shards already complete, {len(todo)} to do")
-    started_ray = False
     failed_tasks: dict[str, tuple[str, str]] = {}
     ray_start_s = process_s = 0.0
     if todo:
         ray_started = time.time()
-        if not ray.is_initialized():
-            init_args: dict[str, Any] = dict(
-                logging_level=logging.WARNING,
-                runtime_env={"env_vars": WORKER_ENV},
-                configure_logging=True,
-                log_to_driver=False,  # worker logs stay in Ray's session log folder; failures reach the manifest
-            )
-            if address:
-                ray.init(address=address, **init_args)
-            else:
-                ray.init(num_cpus=workers or os.cpu_count(), include_dashboard=False, **init_args)
-            started_ray = True
-        try:
+        with ray_session(workers, address):
             ray_start_s = time.time() - ray_started
             process_started = time.time()
             failed_tasks = _run_tasks(todo, storage, params, fail_fast, show_progress, len(all_clips) - sum(len(p.clips) for p in todo), len(all_clips), workers)
             process_s = time.time() - process_started
-        finally:
-            if started_ray:
-                ray.shutdown()
 
     rows = []
     for plan in plans:
