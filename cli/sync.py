@@ -75,7 +75,7 @@ def _fmt(value: Optional[float], digits: int = 3) -> str:
 @app.command()
 def score(
     path: Path = typer.Argument(..., help="A video file, a folder of videos, or a cals-prep dataset folder (with manifest.parquet)."),
-    model: Path = typer.Option(..., "--model", help="syncnet_v2.model (a state dict; syncnet_python's download_model.sh fetches it)."),
+    model: Path = typer.Option(..., "--model", help="syncnet_v2.model (a state dict; syncnet_python's download_model.sh fetches it), or a sync-critic run folder from `cals-train syncnet` (its distances are between unit vectors: not comparable with published LSE-D)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write per-clip scores and corpus means as JSON."),
     csv_out: Optional[Path] = typer.Option(None, "--csv", help="Write per-clip scores as CSV."),
     vshift: int = typer.Option(SYNCNET_VSHIFT, "--vshift", min=0, help="Search offsets -VSHIFT..+VSHIFT frames (syncnet_python's default)."),
@@ -102,8 +102,16 @@ def score(
         fail(f"--device {device!r} is not a torch device: {error}")
     if torch_device.type == "cuda" and not torch.cuda.is_available():
         fail(f"--device {device}: CUDA is not available to this torch build")
+    from cals.models.lip_units import model_kind
+
     try:
-        network = load_syncnet_v2(model, device=torch_device)
+        kind = model_kind(model)
+        if kind == "sync_critic":
+            from cals.models.sync_critic import load_critic, score_samples as score_with_critic
+
+            network = load_critic(model, device=torch_device)
+        else:
+            network = load_syncnet_v2(model, device=torch_device)
     except (FileNotFoundError, ValueError) as error:
         fail(str(error))
 
@@ -131,11 +139,15 @@ def score(
             if isinstance(item, str):
                 results.append(ClipScore(key=key, num_frames=None, error=item))
             else:
-                results.extend(score_samples([(key, *item)], network, vshift=vshift, batch_size=batch_size))
+                if kind == "sync_critic":
+                    results.extend(score_with_critic([(key, *item)], network, vshift=vshift))
+                else:
+                    results.extend(score_samples([(key, *item)], network, vshift=vshift, batch_size=batch_size))
     rows = [r.to_dict() for r in results]
     summary = summarise(results)
 
-    table = Table(title=f"SyncNet scores ({model.name}, offsets -{vshift}..+{vshift})")
+    scorer = "sync critic" if kind == "sync_critic" else "SyncNet"
+    table = Table(title=f"{scorer} scores ({model.name}, offsets -{vshift}..+{vshift})")
     for column, justify in (("clip", "left"), ("frames", "right"), ("offset", "right"), ("LSE-D", "right"), ("LSE-C", "right"), ("error", "left")):
         table.add_column(column, justify=justify)
     for row in rows:

@@ -235,7 +235,7 @@ def load_critic_module() -> Any:
             raise
         raise ImportError(
             f"sync-critic checkpoints need {CRITIC_MODULE}, which this installation of cals does not have "
-            "(the critic trainer, `cals-train syncnet`, is not built yet); use a syncnet_v2.model file"
+            "(an incomplete installation: reinstall cals); or use a syncnet_v2.model file"
         ) from None
 
 

@@ -309,4 +309,24 @@ def score_clip(frames: np.ndarray, mel: np.ndarray, critic: SyncCritic, vshift: 
     return score_embeddings(video, audio, SYNCNET_VSHIFT if vshift is None else vshift)
 
 
-__all__ = ["SyncCritic", "SyncCriticConfig", "TASK_NAME", "embed_clip", "load_critic", "score_clip"]
+def score_samples(samples, critic: SyncCritic, vshift: Optional[int] = None):
+    """The critic's counterpart of :func:`cals.sync_score.score_samples`: score
+    ``(key, frames, audio)`` triples (``(T, H, W, 3)`` uint8 RGB crops, ``(640 T,)`` int16 audio)
+    one by one, yielding :class:`cals.sync_score.ClipScore`; a clip that cannot be scored is
+    yielded with its error (never dropped). The mel is computed as the shards store it
+    (:func:`cals.mel.log_mel`, rounded to float16)."""
+    from cals.mel import log_mel
+    from cals.sync_score import ClipScore
+
+    for key, frames, audio in samples:
+        count = int(np.asarray(frames).shape[0])
+        try:
+            mel = log_mel(np.asarray(audio)).astype(np.float16).astype(np.float32)
+            score = score_clip(frames, mel, critic, vshift)
+        except ValueError as error:
+            yield ClipScore(key=key, num_frames=count, error=str(error))
+            continue
+        yield ClipScore(key=key, num_frames=count, score=score)
+
+
+__all__ = ["SyncCritic", "SyncCriticConfig", "TASK_NAME", "embed_clip", "load_critic", "score_clip", "score_samples"]
