@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cals.models.l2f import _norm
+from cals.models.l2f import group_norm
 
 #: Slope of the LeakyReLUs (pix2pix's).
 LEAKY_SLOPE = 0.2
@@ -62,7 +62,7 @@ class PatchDiscriminator(nn.Module):
         layers: list[nn.Module] = [nn.Conv2d(3, w[0], KERNEL, 2, 1), nn.LeakyReLU(LEAKY_SLOPE, inplace=True)]
         for k in range(1, len(w)):
             stride = 1 if k == len(w) - 1 else 2
-            layers += [nn.Conv2d(w[k - 1], w[k], KERNEL, stride, 1), _norm(w[k]), nn.LeakyReLU(LEAKY_SLOPE, inplace=True)]
+            layers += [nn.Conv2d(w[k - 1], w[k], KERNEL, stride, 1), group_norm(w[k]), nn.LeakyReLU(LEAKY_SLOPE, inplace=True)]
         layers.append(nn.Conv2d(w[-1], 1, KERNEL, 1, 1))
         self.net = nn.Sequential(*layers)
 

@@ -21,7 +21,8 @@ batch, ``(B, T, ...) → (B·T, ...)``, and unfolded at the end):
       bottleneck: l_t broadcast over the 4x4 map and concatenated to it, fused by a conv
       every decoder scale: FiLM, x · (1 + γ_k(l_t)) + β_k(l_t)  (γ, β zero-initialised)
     decoder: for k = 5..1: upsample x2 (nearest) → conv → concat skip k-1 → conv block → FiLM
-    head: conv 3x3 → 3 channels → sigmoid: RGB in [0, 1]
+    head: conv 3x3 on [decoder output, the 6 input channels] → 3 channels → sigmoid: RGB in [0, 1]
+      (the raw inputs are the finest skip: the upper half can be passed straight through)
 
 The skip connections carry the identity encoder's multi-scale features into the decoder (the
 paper's "multi-scale intermediate features concatenated with those from the identity encoder").
@@ -98,7 +99,7 @@ def pose_prior(frames: torch.Tensor) -> torch.Tensor:
     return prior
 
 
-def _norm(channels: int) -> nn.GroupNorm:
+def group_norm(channels: int) -> nn.GroupNorm:
     groups = NORM_GROUPS
     while channels % groups:
         groups //= 2
@@ -106,7 +107,7 @@ def _norm(channels: int) -> nn.GroupNorm:
 
 
 def conv_norm_relu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1), _norm(cout), nn.ReLU(inplace=True))
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1), group_norm(cout), nn.ReLU(inplace=True))
 
 
 class Residual(nn.Module):
@@ -114,8 +115,8 @@ class Residual(nn.Module):
 
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(channels, channels, 3, 1, 1), _norm(channels), nn.ReLU(inplace=True),
-                                  nn.Conv2d(channels, channels, 3, 1, 1), _norm(channels))
+        self.body = nn.Sequential(nn.Conv2d(channels, channels, 3, 1, 1), group_norm(channels), nn.ReLU(inplace=True),
+                                  nn.Conv2d(channels, channels, 3, 1, 1), group_norm(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(x + self.body(x))
@@ -157,7 +158,7 @@ class LipToFace(nn.Module):
             self.up.append(conv_norm_relu(w[k], w[k - 1]))
             self.merge.append(nn.Sequential(conv_norm_relu(2 * w[k - 1], w[k - 1]), Residual(w[k - 1])))
             self.film.append(FiLM(config.lip_channels, w[k - 1]) if config.film else nn.Identity())
-        self.head = nn.Conv2d(w[0], 3, 3, 1, 1)
+        self.head = nn.Conv2d(w[0] + IDENTITY_CHANNELS, 3, 3, 1, 1)  # the inputs themselves are the finest skip
 
     def forward(self, units: torch.Tensor, reference: torch.Tensor, pose_prior: torch.Tensor) -> torch.Tensor:
         if units.ndim != 3 or units.shape[-1] != self.config.unit_dim:
@@ -170,8 +171,8 @@ class LipToFace(nn.Module):
             reference = reference[:, None].expand(batch, time, *reference.shape[1:])
         if reference.shape != pose_prior.shape:
             raise ValueError(f"expected reference (B, 3, H, W) or {tuple(pose_prior.shape)}, got {tuple(reference.shape)}")
-        x = torch.cat([reference, pose_prior], dim=2).reshape(batch * time, IDENTITY_CHANNELS, size, size) * 2 - 1
-        skips = []
+        inputs = torch.cat([reference, pose_prior], dim=2).reshape(batch * time, IDENTITY_CHANNELS, size, size) * 2 - 1
+        x, skips = inputs, []
         for stage in self.encoder:
             x = stage(x)
             skips.append(x)
@@ -181,7 +182,7 @@ class LipToFace(nn.Module):
             x = up(F.interpolate(x, scale_factor=2, mode="nearest"))
             x = merge(torch.cat([x, skip], dim=1))
             x = film(x, lip) if self.config.film else film(x)
-        return torch.sigmoid(self.head(x)).reshape(batch, time, 3, size, size)
+        return torch.sigmoid(self.head(torch.cat([x, inputs], dim=1))).reshape(batch, time, 3, size, size)
 
 
 def parameter_count(module: nn.Module, trainable_only: bool = False) -> int:
