@@ -73,6 +73,11 @@ def _common_options(
     address: Optional[str] = typer.Option(None, "--address", help="Join an existing Ray cluster ('auto' or ray://host:port); OUT must be visible to every node."),
     force: bool = typer.Option(False, "--force", help="Accept an output folder prepared from other inputs or parameters (redo what differs)."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Redo the shards holding clips that failed for a transient reason (worker_crash, internal_error)."),
+    units: Optional[Path] = typer.Option(None, "--units", help="After prep, add lip units with this model (as `cals-prep units`): one command from videos to training-ready shards."),
+    sync_model: Optional[Path] = typer.Option(None, "--sync-model", help="After prep, measure each clip's AV offset and confidence with this syncnet_v2.model (as `cals-prep sync`)."),
+    max_offset: int = typer.Option(3, "--max-offset", min=0, help="With --sync-model: drop clips whose |AV offset| exceeds this, frames."),
+    min_conf: float = typer.Option(3.0, "--min-conf", min=0.0, help="With --sync-model: drop clips whose sync confidence is below this."),
+    fix_offset: bool = typer.Option(False, "--fix-offset", help="With --sync-model: shift kept clips' audio by the measured offset (mel recomputed)."),
     fail_fast: bool = typer.Option(False, "--fail-fast", help="Stop at the first unexpected error instead of recording it (debugging)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar or summary table."),
 ) -> None:
@@ -111,8 +116,10 @@ def prep_command(command_name: str) -> Callable[[Recipe], Recipe]:
 
 def run_recipe(clips: dict, dataset_name: str, *, out: str, limit, speakers, detector, mediapipe_model, detect_every,
                min_frames, min_face_ratio, lossless, jpeg_quality, crop_margin, smooth_frames, shard_mb, workers,
-               address, force, retry_failed, fail_fast, quiet) -> None:
-    """The run every corpus command ends in: filter, check, prepare, summarise."""
+               address, force, retry_failed, units, sync_model, max_offset, min_conf, fix_offset, fail_fast, quiet) -> None:
+    """The run every corpus command ends in: filter, check, prepare, summarise; then the
+    optional sync filter (--sync-model) and lip units (--units), each the same library call as
+    its own command."""
     from pipeline.clip import PrepParams
     from pipeline.recipes import select_clips
     from pipeline.run import OutputMismatch, run_prep
@@ -168,6 +175,23 @@ def run_recipe(clips: dict, dataset_name: str, *, out: str, limit, speakers, det
         fail(str(error))
     if summary.ok == 0:
         fail(f"no clip could be prepared; see {dataset_dir}/manifest.parquet for the reasons", code=1)
+    if (units or sync_model) and is_url(str(dataset_dir)):
+        fail("--units and --sync-model work on local output folders; run them on a local copy")
+    if sync_model is not None:
+        from pipeline.sync_filter import measure_sync
+
+        try:
+            measure_sync(dataset_dir, sync_model, max_offset=max_offset, min_conf=min_conf, fix_offset=fix_offset,
+                         workers=workers, address=address, show_progress=not quiet, fail_fast=fail_fast)
+        except (FileNotFoundError, ValueError) as error:
+            fail(str(error))
+    if units is not None:
+        from pipeline.units import add_lip_units
+
+        try:
+            add_lip_units(dataset_dir, units, workers=workers, address=address, show_progress=not quiet, fail_fast=fail_fast)
+        except (FileNotFoundError, ValueError, ImportError) as error:
+            fail(str(error))
 
 
 @prep_command("folder")

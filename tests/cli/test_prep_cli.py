@@ -97,3 +97,24 @@ def test_folder_verify_inspect_and_corruption_is_caught(tmp_path):
     result = runner.invoke(app, ["verify", str(dataset)])
     assert result.exit_code == 1, result.output
     assert "problems" in result.output
+
+
+@needs_fixtures
+def test_one_command_from_videos_to_shards_with_lip_units(tmp_path):
+    import torch
+
+    from cals.data import iter_samples
+    from cals.models.syncnet_v2 import SyncNetV2
+
+    root = tmp_path / "videos" / "speaker1"
+    root.mkdir(parents=True)
+    (root / "clip.mp4").symlink_to(FIXTURE_VIDEO / "talk_aoc2_retalking.mp4")
+    model = tmp_path / "syncnet_v2_random.model"  # the real weights are not available here
+    torch.manual_seed(0)
+    torch.save(SyncNetV2().state_dict(), model)
+    result = runner.invoke(app, ["folder", "--root", str(tmp_path / "videos"), "--out", str(tmp_path / "shards"), "--workers", "1",
+                                 "--val", "0", "--test", "0", "--detector", "none", "--units", str(model), "--quiet"])
+    assert result.exit_code == 0, result.output
+    (sample,) = list(iter_samples(tmp_path / "shards" / "videos", frames=False))
+    assert sample.lip is not None and sample.lip.shape == (sample.num_frames, 1024)
+    assert sample.meta["lip_units"]["kind"] == "syncnet_v2"
