@@ -111,7 +111,10 @@ class ClipSample:
 
     @property
     def num_frames(self) -> int:
-        return int(self.frames.shape[0])
+        """T: the decoded frames, or the metadata's count when frames were not decoded."""
+        if self.frames.shape[0] or "num_frames" not in self.meta:
+            return int(self.frames.shape[0])
+        return int(self.meta["num_frames"])
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
