@@ -213,7 +213,9 @@ def test_cli_trains_and_load_critic_round_trips(tmp_path):
     result = run_syncnet(tmp_path / "d", tmp_path / "run", 3)
     assert result.exit_code == 0, result.output
     config = read_json(tmp_path / "run" / "config.json")
-    assert config["task"] == "sync_critic" and config["train"]["window"] == 5 + 2 * 2
+    from cli.train import DEFAULT_SYNC_WINDOW
+
+    assert config["task"] == "sync_critic" and config["train"]["window"] == max(DEFAULT_SYNC_WINDOW, 5 + 2 * 2)
     assert config["task_config"]["model"] == TINY.to_dict()
     assert config["task_config"]["loss"] == {"offsets": 2, "loss": "multiway", "temperature": 0.07}
     records = read_json_lines(tmp_path / "run" / "metrics.jsonl")
