@@ -166,6 +166,7 @@ def load_cals_model(path: str | Path, device: str | torch.device = "cpu") -> Cal
         FileNotFoundError: nothing at ``path``, no checkpoint, or no config.json.
         ValueError: not a CALS run, or weights that do not fit its config.
     """
+    from cals.models.weights import check_state_dict
     from cals.train.checkpoint import load_weights
 
     path = Path(path)
@@ -173,14 +174,7 @@ def load_cals_model(path: str | Path, device: str | torch.device = "cpu") -> Cal
         raise FileNotFoundError(f"CALS model not found: {path} does not exist (expected a cals-train cals run folder or a .safetensors inside one)")
     model = CalsModel(CalsConfig.from_dict(_run_config(path)))
     weights = load_weights(path)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(weights))
-    unexpected = sorted(set(weights) - set(expected))
-    if missing or unexpected:
-        raise ValueError(f"{path}: weights do not match the CALS config (missing {missing[:5]}, unexpected {unexpected[:5]})")
-    wrong = [name for name in expected if tuple(expected[name].shape) != tuple(weights[name].shape)]
-    if wrong:
-        raise ValueError(f"{path}: weights of the wrong shape for the CALS config: {wrong[:5]}")
+    check_state_dict(model, weights, str(path), "the CALS config")
     model.load_state_dict(weights)
     return model.to(device).eval()
 

@@ -239,6 +239,7 @@ def load_critic(path: str | Path, device: str | torch.device = "cpu") -> SyncCri
         FileNotFoundError: no checkpoint or no config.json.
         ValueError: the run is not a sync critic run, or the weights do not fit its config.
     """
+    from cals.models.weights import check_state_dict
     from cals.train.checkpoint import load_weights, run_config
 
     config = run_config(path)
@@ -246,11 +247,7 @@ def load_critic(path: str | Path, device: str | torch.device = "cpu") -> SyncCri
         raise ValueError(f"{path} is a {config.get('task')!r} run, not a {TASK_NAME!r} run")
     critic = SyncCritic(SyncCriticConfig.from_dict(config["task_config"]["model"]))
     weights = load_weights(path)
-    expected = critic.state_dict()
-    missing = sorted(set(expected) - set(weights))
-    unexpected = sorted(set(weights) - set(expected))
-    if missing or unexpected:
-        raise ValueError(f"{path}: weights do not match the sync critic config (missing {missing[:5]}, unexpected {unexpected[:5]})")
+    check_state_dict(critic, weights, str(path), "the sync critic config")
     critic.load_state_dict(weights)
     return critic.to(device).eval()
 

@@ -178,25 +178,11 @@ def load_syncnet_v2(path: str | Path, device: str | torch.device = "cpu") -> Syn
 
 
 def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], source: str = "state dict") -> None:
-    """Raise ValueError listing every key of ``state`` that does not fit ``model`` (missing,
+    """Raise ValueError listing every key of ``state`` that does not fit SyncNet v2 (missing,
     unexpected, wrong shape); ``num_batches_tracked`` buffers may be missing."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state and not k.endswith(".num_batches_tracked")]
-    unexpected = [k for k in state if k not in expected]
-    misshaped = [
-        f"{k} {tuple(state[k].shape)} (expected {tuple(expected[k].shape)})"
-        for k in expected
-        if k in state and tuple(getattr(state[k], "shape", ())) != tuple(expected[k].shape)
-    ]
-    if missing or unexpected or misshaped:
-        parts = []
-        if missing:
-            parts.append(f"missing keys: {', '.join(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys: {', '.join(unexpected)}")
-        if misshaped:
-            parts.append(f"wrong shapes: {', '.join(misshaped)}")
-        raise ValueError(f"{source} does not match SyncNet v2 ({'; '.join(parts)})")
+    from cals.models.weights import check_state_dict as check
+
+    check(model, state, source, "SyncNet v2", optional_suffix=".num_batches_tracked")
 
 
 def syncnet_frames(frames: np.ndarray) -> torch.Tensor:

@@ -259,7 +259,7 @@ def test_load_critic_refuses_other_runs(tmp_path):
     with pytest.raises(ValueError, match="not a 'sync_critic' run"):
         load_critic(tmp_path)
     write_json(tmp_path / "config.json", {"task": "sync_critic", "task_config": {"model": TINY.to_dict()}})
-    with pytest.raises(ValueError, match="do not match"):
+    with pytest.raises(ValueError, match="does not match the sync critic config"):
         load_critic(tmp_path)
     with pytest.raises(FileNotFoundError):
         load_critic(tmp_path / "nothing")
