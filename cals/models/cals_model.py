@@ -26,6 +26,7 @@ from torch import nn
 from cals.constants import MEL_ROWS_PER_FRAME, N_MELS
 from cals.models.a2l import A2LConfig, AudioToLip
 from cals.models.l2f import LipToFace, LipToFaceConfig, pose_prior
+from cals.settings import from_checked_dict, reject_unknown
 
 #: ``config.json`` ``"task"`` of a CALS run folder.
 TASK_NAME = "cals"
@@ -59,14 +60,9 @@ class CalsConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "CalsConfig":
-        unknown = set(data) - {"a2l", "l2f", "window"}
-        if unknown:
-            raise ValueError(f"unknown CALS settings: {sorted(unknown)}")
-        a2l = dict(data["a2l"])
-        unknown_a2l = set(a2l) - set(A2LConfig().to_dict())
-        if unknown_a2l:
-            raise ValueError(f"unknown A2L settings: {sorted(unknown_a2l)}")
-        return cls(a2l=A2LConfig(**a2l), l2f=LipToFaceConfig.from_dict(data["l2f"]), window=int(data["window"]))
+        reject_unknown(data, ("a2l", "l2f", "window"), "CALS")
+        return cls(a2l=from_checked_dict(A2LConfig, dict(data["a2l"]), "A2L"), l2f=LipToFaceConfig.from_dict(data["l2f"]),
+                   window=int(data["window"]))
 
 
 class CalsModel(nn.Module):

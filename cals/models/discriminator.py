@@ -15,13 +15,14 @@ generated batches are normalised alike and D's train and eval modes agree.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from cals.models.l2f import group_norm
+from cals.settings import from_checked_dict, json_ready
 
 #: Slope of the LeakyReLUs (pix2pix's).
 LEAKY_SLOPE = 0.2
@@ -42,14 +43,11 @@ class DiscriminatorConfig:
             raise ValueError(f"widths needs at least 2 layers, got {self.widths}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        return json_ready(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "DiscriminatorConfig":
-        known = {f.name for f in fields(cls)}
-        if set(data) - known:
-            raise ValueError(f"unknown discriminator settings: {sorted(set(data) - known)}")
-        return cls(**data)
+        return from_checked_dict(cls, data, "discriminator")
 
 
 class PatchDiscriminator(nn.Module):

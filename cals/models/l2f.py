@@ -36,7 +36,7 @@ on the other frames of its batch and train/eval modes behave the same.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cals.constants import CROP_SIZE, SYNCNET_EMBED_DIM
+from cals.settings import from_checked_dict, json_ready
 
 #: Channels of the identity encoder's input: reference RGB + pose-prior RGB.
 IDENTITY_CHANNELS = 6
@@ -79,16 +80,11 @@ class LipToFaceConfig:
             raise ValueError(f"crop_size {self.crop_size} is not divisible by 2^{len(self.widths) - 1} ({len(self.widths)} stages)")
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready (tuples as lists, so a saved config compares equal to a live one)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        return json_ready(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "LipToFaceConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown lip-to-face settings: {sorted(unknown)}")
-        return cls(**data)
+        return from_checked_dict(cls, data, "lip-to-face")
 
 
 def pose_prior(frames: torch.Tensor) -> torch.Tensor:

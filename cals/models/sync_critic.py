@@ -43,7 +43,7 @@ fields (SyncNet/VGG-M-like by default; small ones for CPU tests).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -53,6 +53,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cals.constants import CROP_SIZE, LIP_WINDOW_FRAMES, MEL_ROWS_PER_FRAME, N_MELS
+from cals.settings import from_checked_dict, json_ready
 
 #: ``config.json`` ``"task"`` of a sync-critic run folder.
 TASK_NAME = "sync_critic"
@@ -108,16 +109,11 @@ class SyncCriticConfig:
         return MEL_ROWS_PER_FRAME * self.t_s
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready (tuples as lists, so a saved config compares equal to a live one)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        return json_ready(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "SyncCriticConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown sync critic settings: {sorted(unknown)}")
-        return cls(**data)
+        return from_checked_dict(cls, data, "sync critic")
 
 
 def _block(conv: type, norm: type, cin: int, cout: int, kernel, padding) -> list[nn.Module]:

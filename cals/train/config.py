@@ -3,8 +3,10 @@ checkpoint's config.json). Task-specific settings live in each task's own datacl
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, Optional
+
+from cals.settings import from_checked_dict
 
 
 @dataclass
@@ -66,8 +68,4 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown training settings: {sorted(unknown)}")
-        return cls(**data)
+        return from_checked_dict(cls, data, "training")
