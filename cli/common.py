@@ -7,7 +7,7 @@ from __future__ import annotations
 import inspect
 import typing
 from enum import Enum
-from typing import Callable
+from typing import Callable, Sequence
 
 import typer
 from rich.console import Console
@@ -31,6 +31,15 @@ def fail(message: str, code: int = 2) -> None:
     """Print a one-line error and exit (no traceback)."""
     err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def register_command(app: typer.Typer, name: str, command: Callable, parameters: Sequence[inspect.Parameter], doc: str | None) -> None:
+    """Register ``command`` (which takes ``**options``) under ``name`` with the given options:
+    how ``prep_command`` and ``train_command`` add their shared options to each command's own."""
+    command.__signature__ = inspect.Signature(list(parameters))
+    command.__doc__ = doc
+    command.__name__ = name
+    app.command(name)(command)
 
 
 def keyword_parameters(function: Callable) -> list[inspect.Parameter]:

@@ -7,7 +7,6 @@ each command stays "options plus one library call".
 
 from __future__ import annotations
 
-import inspect
 import os
 import sys
 import uuid
@@ -19,7 +18,7 @@ import typer
 from rich.console import Console
 
 from cals.constants import SYNCNET_BATCH_SIZE, SYNCNET_VSHIFT
-from cli.common import DetectorName, MediapipeModel, err, fail, keyword_parameters
+from cli.common import DetectorName, MediapipeModel, err, fail, keyword_parameters, register_command
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0], rich_markup_mode=None)
 
@@ -105,10 +104,7 @@ def prep_command(command_name: str) -> Callable[[Recipe], Recipe]:
                 fail(str(error))
             run_recipe(clips, common.pop("name") or default_name, **common)
 
-        command.__signature__ = inspect.Signature([*own, *COMMON_PARAMETERS])
-        command.__doc__ = recipe.__doc__
-        command.__name__ = command_name
-        app.command(command_name)(command)
+        register_command(app, command_name, command, [*own, *COMMON_PARAMETERS], recipe.__doc__)
         return recipe
 
     return decorator

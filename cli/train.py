@@ -11,20 +11,14 @@ from __future__ import annotations
 
 import inspect
 import os
-import typing
 from pathlib import Path
 from typing import Callable, Optional
 
 import typer
-from rich.console import Console
+
+from cli.common import err, fail, keyword_parameters, register_command
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0], rich_markup_mode=None)
-err = Console(stderr=True)
-
-
-def fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
 
 
 @app.callback(invoke_without_command=True)
@@ -87,12 +81,6 @@ def _common_options(
     """Template: its parameters are the flags every training command shares."""
 
 
-def keyword_parameters(function: Callable) -> list[inspect.Parameter]:
-    hints = typing.get_type_hints(function)
-    return [p.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=hints.get(p.name, p.annotation))
-            for p in inspect.signature(function).parameters.values()]
-
-
 COMMON_PARAMETERS = keyword_parameters(_common_options)
 
 
@@ -124,10 +112,7 @@ def train_command(name: str) -> Callable:
             except (FileNotFoundError, FileExistsError, ValueError, ShardMismatch) as error:
                 fail(str(error))
 
-        command.__signature__ = inspect.Signature([*own, *COMMON_PARAMETERS])
-        command.__doc__ = build.__doc__
-        command.__name__ = name
-        app.command(name)(command)
+        register_command(app, name, command, [*own, *COMMON_PARAMETERS], build.__doc__)
         return build
 
     return decorator
