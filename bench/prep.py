@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from cals.constants import FPS
-from pipeline.clip import PrepParams, _detected_stream
+from pipeline.clip import PrepParams, detected_stream
 from pipeline.errors import ClipError
 from pipeline.io import iter_frames, probe
 from pipeline.manifest import ClipSource
@@ -440,7 +440,7 @@ def measure_decode_detect(paths: list[Path], detector_name: str) -> Throughput:
     try:
         started = time.perf_counter()
         for path in paths:
-            for _ in _detected_stream(iter_frames(probe(path)), detector, every=1):
+            for _ in detected_stream(iter_frames(probe(path)), detector, every=1):
                 frames += 1
         seconds = time.perf_counter() - started
     finally:

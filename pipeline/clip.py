@@ -73,7 +73,7 @@ def fit_audio(audio: np.ndarray, num_frames: int) -> tuple[np.ndarray, int]:
     return audio[:target], int(pad)
 
 
-def _detected_stream(
+def detected_stream(
     frames: Iterator[np.ndarray], detector: Detector, every: int
 ) -> Iterator[tuple[np.ndarray, Optional[list[Detection]]]]:
     """Attach detections to every ``every``-th frame (None on the others), batching the detector."""
@@ -120,7 +120,7 @@ def process_clip(source: ClipSource, params: PrepParams, detector: Detector) -> 
     scores: list[float] = []
     faces_seen = 0
     examined = 0
-    stream = _detected_stream(iter_frames(info, window), detector, params.detect_every)
+    stream = detected_stream(iter_frames(info, window), detector, params.detect_every)
     if detector.name == "none":
         tracked = (
             (frame, dets[0].box if dets else None, 1.0, 1) for frame, dets in stream

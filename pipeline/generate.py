@@ -42,7 +42,7 @@ import numpy as np
 from cals.constants import AUDIO_SAMPLES_PER_FRAME, PASTE_FEATHER, SAMPLE_RATE
 from cals.generate import frame_schedule, generate_faces, paste_face
 from cals.mel import MEL_PARAMS, log_mel
-from pipeline.clip import _detected_stream, fit_audio
+from pipeline.clip import detected_stream, fit_audio
 from pipeline.errors import ClipError
 from pipeline.io import ENCODE_CRF, VideoEncoder, iter_frames, probe, read_audio
 from pipeline.stages.crop import CropParams, crop_frame, crop_square
@@ -134,7 +134,7 @@ def face_crops(frames: Iterator[np.ndarray], detector: Detector, params: Generat
         ``(crops (F, 128, 128, 3) uint8, boxes (F, 4) float64 square crop boxes xyxy in source
         pixels, frames with their own detection)``.
     """
-    stream = _detected_stream(frames, detector, every=1)
+    stream = detected_stream(frames, detector, every=1)
     if detector.name == "none":
         tracked = ((frame, dets[0].box, 1.0) for frame, dets in stream)
     else:
