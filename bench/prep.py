@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from cals.constants import FPS
-from pipeline.clip import PrepParams, detected_stream
+from pipeline.prepare_clip import PrepParams, detected_stream
 from pipeline.errors import ClipError
 from pipeline.io import iter_frames, probe
 from pipeline.manifest import ClipSource
@@ -119,7 +119,7 @@ RSS_CHILD_CODE = """
 import json, resource, sys, time
 import cv2
 cv2.setNumThreads(1)
-from pipeline.clip import PrepParams, process_clip
+from pipeline.prepare_clip import PrepParams, process_clip
 from pipeline.manifest import ClipSource
 from pipeline.stages.detect import make_detector
 

@@ -58,7 +58,7 @@ def timed(function: Callable[[], Any], repeats: int = STEP_REPEATS, device: str 
 
 def prepare_dataset(work: Path) -> tuple[Path, float, int]:
     """Prep the talk_* fixture clips (mediapipe); returns (dataset, processing seconds, frames)."""
-    from pipeline.clip import PrepParams
+    from pipeline.prepare_clip import PrepParams
     from pipeline.recipes.folder import prepare_folder
     from pipeline.run import run_prep
 

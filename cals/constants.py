@@ -67,7 +67,7 @@ SYNCNET_MFCC_ROWS: Final[int] = LIP_WINDOW_FRAMES * MFCC_ROWS_PER_FRAME
 
 assert MFCC_ROWS_PER_FRAME * MFCC_HOP == AUDIO_SAMPLES_PER_FRAME, "MFCC hop must divide samples/frame"
 
-# --- Evaluation metrics (cals.metrics) and paste-back (cals.generate) ---
+# --- Evaluation metrics (cals.metrics) and paste-back (cals.inference) ---
 
 #: Peak value of 8-bit images, for PSNR.
 PIXEL_MAX: Final[int] = 255

@@ -2,7 +2,7 @@
 
 For every sample of the split (in shard order, the first ``limit``):
 
-1. generate the whole clip with :meth:`CalsModel.generate` (:func:`cals.generate.generate_faces`):
+1. generate the whole clip with :meth:`CalsModel.generate` (:func:`cals.inference.generate_faces`):
    the sample's mel, its first frame as the identity reference (the paper's inference), every
    frame's upper half as the pose prior;
 2. PSNR, SSIM and LMD of the generated frames against the real ones (:mod:`cals.metrics`);
@@ -42,7 +42,7 @@ import numpy as np
 
 from cals.constants import PSNR_CAP_DB
 from cals.data import iter_samples
-from cals.generate import generate_faces
+from cals.inference import generate_faces
 from cals.metrics import MouthLandmarker, landmark_distance, psnr_frames, ssim_frames
 
 #: Columns of the table, in the paper's order.

@@ -2,7 +2,7 @@
 
 ``cals-generate --face VIDEO_OR_IMAGE --audio WAV_OR_VIDEO --ckpt RUN --out out.mp4`` writes an
 H.264 (yuv420p) mp4 at the face input's resolution and 25 fps, with the audio as 16 kHz AAC,
-as long as the audio. See :mod:`pipeline.generate` for the chain.
+as long as the audio. See :mod:`pipeline.lipsync_video` for the chain.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def generate(
     """Write OUT: the face lip-synced to the audio, as long as the audio."""
     import torch
 
-    from pipeline.generate import GenerateParams, InputError, generate_video
+    from pipeline.lipsync_video import GenerateParams, InputError, generate_video
     from pipeline.io import EncodeError
     from pipeline.stages.crop import CropParams
 

@@ -116,7 +116,7 @@ def run_recipe(clips: dict, dataset_name: str, *, out: str, limit, speakers, det
     """The run every corpus command ends in: filter, check, prepare, summarise; then the
     optional sync filter (--sync-model) and lip units (--units), each the same library call as
     its own command."""
-    from pipeline.clip import PrepParams
+    from pipeline.prepare_clip import PrepParams
     from pipeline.recipes import select_clips
     from pipeline.run import OutputMismatch, run_prep
     from pipeline.stages.crop import CropParams

@@ -30,9 +30,9 @@ CSV_COLUMNS = ("clip", "num_frames", "offset", "min_dist", "conf", "error")
 
 def _iter_videos(videos: list[Path], root: Path, detector: Any, params: Any) -> Iterator[tuple[str, Any]]:
     """``(display name, (frames, audio) or error text)`` per video, through the prep chain
-    (``params``: pipeline.clip.PrepParams); closes ``detector`` at the end."""
+    (``params``: pipeline.prepare_clip.PrepParams); closes ``detector`` at the end."""
     from cals.shard_format import decode_sample
-    from pipeline.clip import process_clip
+    from pipeline.prepare_clip import process_clip
     from pipeline.errors import ClipError
     from pipeline.manifest import ClipSource
     from pipeline.recipes.folder import make_key
@@ -123,7 +123,7 @@ def score(
         videos = find_videos(path) if path.is_dir() else [path]
         if not videos:
             fail(f"no video files ({' '.join(VIDEO_EXTENSIONS)}) and no {MANIFEST_FILE} in {path}")
-        from pipeline.clip import PrepParams
+        from pipeline.prepare_clip import PrepParams
         from pipeline.stages.detect import make_detector
 
         try:

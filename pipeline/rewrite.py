@@ -131,7 +131,7 @@ def shard_is_done(scan: list[tuple[str, dict[str, Any], set[str]]], job: ShardJo
 def _mark_dropped_in_part(dataset_dir: Path, shard: str, dropped: dict[str, dict[str, Any]]) -> None:
     """Record dropped samples as failed in the shard's prep manifest part (same digest kept)."""
     from pipeline.manifest import atomic_write_parquet, read_metadata, read_rows
-    from pipeline.shard_writer import part_name
+    from pipeline.prepare_shard import part_name
 
     part = Path(dataset_dir) / part_name(Path(shard).stem)
     if not part.is_file():

@@ -28,7 +28,7 @@ from cals.data import MANIFEST_FILE, is_url
 from pipeline.rewrite import ShardJob, manifest_values, rewrite_shard, scan_shard, shard_is_done, update_manifest
 from pipeline.ray_session import ray_session
 from pipeline.run import TASK_MAX_RETRIES, TASK_MEMORY_BYTES
-from pipeline.shard_writer import PARTS_DIR
+from pipeline.prepare_shard import PARTS_DIR
 
 log = logging.getLogger(__name__)
 

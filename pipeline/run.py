@@ -27,13 +27,13 @@ from cals.data import MANIFEST_FILE, PREP_FILE
 from cals.mel import MEL_PARAMS
 from cals.shard_format import FORMAT_VERSION
 from pipeline import PIPELINE_VERSION
-from pipeline.clip import PrepParams
+from pipeline.prepare_clip import PrepParams
 from pipeline.errors import ClipError
 from pipeline.io import ffmpeg_version, probe
 from pipeline.manifest import ClipSource, manifest_row, read_rows, write_parquet
 from pipeline.recipes.folder import SPLITS, stable_fraction
 from pipeline.ray_session import prepare_environment, ray_session
-from pipeline.shard_writer import PARTS_DIR, ShardPlan, marker_name, part_name, prepare_shard, shard_is_complete
+from pipeline.prepare_shard import PARTS_DIR, ShardPlan, marker_name, part_name, prepare_shard, shard_is_complete
 from pipeline.storage import LocalStorage, Storage, open_storage
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """Where a dataset folder lives: a local path, or an fsspec URL (s3://, gs://, file://, ...).
 
-:class:`Storage` is the only way :mod:`pipeline.run` and :mod:`pipeline.shard_writer` touch the
+:class:`Storage` is the only way :mod:`pipeline.run` and :mod:`pipeline.prepare_shard` touch the
 output. Names are relative to the dataset folder, ``/``-separated (``train-000000.tar``,
 ``_parts/train-000000.parquet``). Every write is atomic: the content is made complete in a
 local file first (:meth:`Storage.staged`), then published under its final name in one step
@@ -127,7 +127,7 @@ class LocalStorage(Storage):
         return str(self.root / name) if name else str(self.root)
 
     def makedirs(self) -> None:
-        from pipeline.shard_writer import PARTS_DIR
+        from pipeline.prepare_shard import PARTS_DIR
 
         (self.root / PARTS_DIR).mkdir(parents=True, exist_ok=True)
 
@@ -189,7 +189,7 @@ class FsspecStorage(Storage):
 
     def makedirs(self) -> None:
         if not self.atomic_put:  # object stores have no folders
-            from pipeline.shard_writer import PARTS_DIR
+            from pipeline.prepare_shard import PARTS_DIR
 
             self.fs.makedirs(self._full(PARTS_DIR), exist_ok=True)
 

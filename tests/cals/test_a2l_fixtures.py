@@ -24,7 +24,7 @@ def test_a2l_beats_the_mean_unit_baseline_on_a_held_out_clip(tmp_path):
     from cals.train.a2l import A2LTask
     from cals.train.config import TrainConfig
     from cals.train.loop import run
-    from pipeline.clip import PrepParams
+    from pipeline.prepare_clip import PrepParams
     from pipeline.recipes.folder import prepare_folder
     from pipeline.run import run_prep
     from pipeline.units import add_lip_units

@@ -46,7 +46,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     """The clip prepared with the real pipeline (no lip units yet)."""
-    from pipeline.clip import PrepParams
+    from pipeline.prepare_clip import PrepParams
     from pipeline.recipes.folder import prepare_folder
     from pipeline.run import run_prep
 

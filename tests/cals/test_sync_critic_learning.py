@@ -34,7 +34,7 @@ from cals.sync_score import score_embeddings
 from cals.train.config import TrainConfig
 from cals.train.loop import run
 from cals.train.sync_critic import SyncCriticTask, SyncLossConfig
-from pipeline.clip import PrepParams
+from pipeline.prepare_clip import PrepParams
 from pipeline.recipes.folder import prepare_folder
 from pipeline.run import run_prep
 from tests.conftest import FIXTURE_VIDEO, ffmpeg, needs_fixtures

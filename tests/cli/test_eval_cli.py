@@ -48,7 +48,7 @@ def models(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    from pipeline.clip import PrepParams
+    from pipeline.prepare_clip import PrepParams
     from pipeline.manifest import ClipSource
     from pipeline.run import run_prep
 

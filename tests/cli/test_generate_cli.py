@@ -71,7 +71,7 @@ def source_boxes(path, frames: int) -> np.ndarray:
     and crop, deterministic)."""
     from itertools import islice
 
-    from pipeline.generate import GenerateParams, face_crops
+    from pipeline.lipsync_video import GenerateParams, face_crops
     from pipeline.io import iter_frames, probe
     from pipeline.stages.detect import make_detector
 
@@ -112,7 +112,7 @@ def check_durations(out, audio_seconds: float, width: int, height: int) -> int:
 @pytest.mark.slow
 @needs_fixtures
 def test_a_short_face_video_is_looped_and_only_the_face_changes(tmp_path, run):
-    from cals.generate import frame_schedule
+    from cals.inference import frame_schedule
 
     out = tmp_path / "out.mp4"
     result = runner.invoke(app, ["--face", str(FACE_VIDEO), "--audio", str(SPEECH), "--ckpt", str(run), "--out", str(out), "--lossless"])

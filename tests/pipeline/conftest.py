@@ -27,7 +27,7 @@ def prepared_dataset(tmp_path_factory) -> tuple[Path, Path]:
     the real weights are not available here, so the units and scores mean nothing, but every
     shape, window and file guarantee is the real one."""
     from cals.models.syncnet_v2 import SyncNetV2
-    from pipeline.clip import PrepParams
+    from pipeline.prepare_clip import PrepParams
     from pipeline.recipes.folder import prepare_folder
     from pipeline.run import run_prep
 

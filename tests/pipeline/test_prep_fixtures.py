@@ -17,7 +17,7 @@ from cals.constants import AUDIO_SAMPLES_PER_FRAME, FPS, MEL_ROWS_PER_FRAME, SAM
 from cals.data import MANIFEST_FILE, PREP_FILE, iter_samples
 from cals.mel import MEL_PARAMS
 from cals.shard_format import check_sample
-from pipeline.clip import PrepParams
+from pipeline.prepare_clip import PrepParams
 from pipeline.io import probe
 from pipeline.recipes.folder import prepare_folder
 from pipeline.run import run_prep
@@ -220,7 +220,7 @@ def test_rerun_skips_complete_shards_and_redoes_a_missing_one(prepared, tmp_path
 
 def test_span_and_source_crop_give_source_pixel_boxes():
     from cals.shard_format import decode_sample
-    from pipeline.clip import process_clip
+    from pipeline.prepare_clip import process_clip
     from pipeline.manifest import ClipSource
     from pipeline.stages.detect import make_detector
 
@@ -249,7 +249,7 @@ def test_span_and_source_crop_give_source_pixel_boxes():
 
 
 def test_window_that_does_not_fit_is_a_clip_failure():
-    from pipeline.clip import process_clip
+    from pipeline.prepare_clip import process_clip
     from pipeline.errors import ClipError
     from pipeline.manifest import ClipSource
     from pipeline.stages.detect import make_detector

@@ -180,7 +180,7 @@ def output_digests(storage) -> dict[str, str]:
 def test_prep_to_a_url_resumes_refuses_and_reads_back_like_a_local_run(tmp_path):
     import json
 
-    from pipeline.clip import PrepParams
+    from pipeline.prepare_clip import PrepParams
     from pipeline.manifest import read_metadata, read_rows, write_parquet
     from pipeline.recipes.folder import prepare_folder
     from pipeline.run import OutputMismatch, run_prep

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from cals.data import MANIFEST_FILE
-from pipeline.clip import PrepParams
+from pipeline.prepare_clip import PrepParams
 from pipeline.recipes.folder import prepare_folder
 from pipeline.run import OutputMismatch, run_prep
 from pipeline.verify import verify_dataset

@@ -118,7 +118,7 @@ def test_missing_inputs_are_clear_errors(tmp_path):
 def test_two_spans_become_two_cropped_samples(tmp_path):
     from cals.constants import FPS
     from cals.data import iter_samples
-    from pipeline.clip import PrepParams
+    from pipeline.prepare_clip import PrepParams
     from pipeline.run import run_prep
     from pipeline.verify import verify_dataset
 

@@ -21,7 +21,7 @@ from typing import Any, Callable, Optional
 
 import webdataset as wds
 
-from pipeline.clip import PrepParams, process_clip
+from pipeline.prepare_clip import PrepParams, process_clip
 from pipeline.errors import ClipError
 from pipeline.manifest import ClipSource, manifest_row, write_parquet
 from pipeline.stages.detect import Detector, make_detector

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cals.generate import feather_mask, frame_schedule, generate_faces, paste_face
+from cals.inference import feather_mask, frame_schedule, generate_faces, paste_face
 
 
 def test_a_long_enough_source_is_used_from_its_start():

@@ -2,7 +2,7 @@
 crops, loop a short face video to the audio's length, and paste generated faces back.
 
 Pure NumPy/torch on arrays; the ffmpeg, detection and tracking side of ``cals-generate`` is in
-:mod:`pipeline.generate` (imports point cli → pipeline → cals).
+:mod:`pipeline.lipsync_video` (imports point cli → pipeline → cals).
 
 **Paste-back** (:func:`paste_face`): the generated 128x128 face is resized to its crop box
 (square, source pixels, as :func:`pipeline.stages.crop.crop_square` made it; INTER_AREA when

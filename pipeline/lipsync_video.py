@@ -6,7 +6,7 @@ crops the training data):
 1. **Audio** (:func:`pipeline.io.read_audio`): a WAV or a video's audio track, 16 kHz mono. Its
    length N samples fixes the output: ``T = ceil(N / 640)`` frames at 25 fps. The mel
    (:func:`cals.mel.log_mel`) is computed on the audio zero-padded to 640·T samples
-   (:func:`pipeline.clip.fit_audio`); the mp4's audio track is the N samples themselves.
+   (:func:`pipeline.prepare_clip.fit_audio`); the mp4's audio track is the N samples themselves.
 2. **Face, pass 1**: the face video decoded at 25 fps (:func:`pipeline.io.iter_frames`; a still
    image decodes to one frame), at most its first T frames; faces detected on every frame
    (the prep detectors, :func:`pipeline.stages.detect.make_detector`), one face tracked and
@@ -14,11 +14,11 @@ crops the training data):
    128x128 (:func:`pipeline.stages.crop.crop_square` / :func:`~pipeline.stages.crop.crop_frame`).
    Only the crops and boxes are kept. No detected face at all → ``ClipError("no_face")``.
 3. **Length**: a face video with at least T frames gives its first T; a shorter one is looped
-   forwards and backwards (:func:`cals.generate.frame_schedule`); a still image is repeated.
-4. **Generate** (:func:`cals.generate.generate_faces`): ``CalsModel.generate`` on the whole clip,
+   forwards and backwards (:func:`cals.inference.frame_schedule`); a still image is repeated.
+4. **Generate** (:func:`cals.inference.generate_faces`): ``CalsModel.generate`` on the whole clip,
    the first crop as the identity reference.
 5. **Face, pass 2 + paste + encode**: each output frame's source frame gets its generated face
-   pasted at its crop box with a feathered seam (:func:`cals.generate.paste_face`) and goes
+   pasted at its crop box with a feathered seam (:func:`cals.inference.paste_face`) and goes
    straight to ffmpeg (:class:`pipeline.io.VideoEncoder`: H.264 yuv420p at the source
    resolution, 25 fps, AAC 16 kHz).
 
@@ -40,9 +40,9 @@ from typing import Iterator
 import numpy as np
 
 from cals.constants import AUDIO_SAMPLES_PER_FRAME, PASTE_FEATHER, SAMPLE_RATE
-from cals.generate import frame_schedule, generate_faces, paste_face
+from cals.inference import frame_schedule, generate_faces, paste_face
 from cals.mel import MEL_PARAMS, log_mel
-from pipeline.clip import detected_stream, fit_audio
+from pipeline.prepare_clip import detected_stream, fit_audio
 from pipeline.errors import ClipError
 from pipeline.io import ENCODE_CRF, VideoEncoder, iter_frames, probe, read_audio
 from pipeline.stages.crop import CropParams, crop_frame, crop_square
