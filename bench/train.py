@@ -110,7 +110,8 @@ def loader_rate(dataset: Path, workers: int) -> tuple[float, float]:
 def a2l_step(device: str) -> float:
     """Seconds per A2L optimizer step at the paper's sizes (6 x 512, FFN 2048, 8 heads, units
     1024), batch 8 x 100 frames."""
-    from cals.models.a2l import A2LConfig, AudioToLip, masked_unit_loss
+    from cals.losses import masked_unit_loss
+    from cals.models.a2l import A2LConfig, AudioToLip
 
     model = AudioToLip(A2LConfig()).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)

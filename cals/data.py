@@ -1,7 +1,9 @@
 """The one shard reader: WebDataset shards → decoded :class:`~cals.shard_format.ClipSample`.
 
-Used by ``cals-prep verify``/``inspect``, the tests, and (later) the trainer. Only this module and
-:mod:`cals.shard_format` know member names.
+Used by ``cals-prep verify``/``inspect``, the tests, and the trainer's scans (lip-unit spec, mean
+unit). Samples are decoded by :func:`cals.shard_format.decode_sample`; the training stream
+(:mod:`cals.stream`) reads one window at a time through the same ``shard_format.read_*``
+functions, so member names live in :mod:`cals.shard_format` alone.
 """
 
 from __future__ import annotations
@@ -13,10 +15,6 @@ from typing import Any, Callable, Iterator, Sequence
 import webdataset as wds
 
 from cals.shard_format import ClipSample, decode_sample
-
-#: File names beside the shards in a dataset folder.
-MANIFEST_FILE = "manifest.parquet"
-PREP_FILE = "prep.json"
 
 #: The fsspec backend package of common object-store schemes (named in the missing-library error).
 FSSPEC_BACKENDS = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs", "abfss": "adlfs"}

@@ -14,6 +14,11 @@ Both work on per-window embedding sequences of the same clips, ``video`` and ``a
 ``-K .. +K`` frames inside each clip. An *anchor* is a window position n whose candidates
 ``n - K .. n + K`` are all real windows (``valid``), so a sequence of N real windows has
 ``N - 2K`` anchors; with ``N = 2K + 1`` (a training window of ``t_s + 2K`` frames) exactly one.
+
+CALS generator training (:mod:`cals.train.cals`): :func:`reconstruction_loss`,
+:func:`generator_gan_loss`, :func:`discriminator_loss`, :func:`sync_av_loss`, :func:`sync_vv_loss`.
+
+Audio-to-Lip pre-training (:mod:`cals.train.a2l`): :func:`masked_unit_loss`.
 """
 
 from __future__ import annotations
@@ -245,3 +250,23 @@ def sync_vv_loss(generated: torch.Tensor, real: torch.Tensor, temperature: float
 
 
 __all__ += ["discriminator_loss", "generator_gan_loss", "reconstruction_loss", "sync_av_loss", "sync_vv_loss"]
+
+
+# --- Audio-to-Lip pre-training (cals.train.a2l): Park et al. MM'23, Sec. 3.1 -------------------
+
+
+def masked_unit_loss(predicted: torch.Tensor, target: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+    """L_a2l: squared error summed over the unit dimensions, averaged over masked frames only
+    (the paper's sum over t in M, divided by |M| so the scale does not depend on batch size).
+
+    Args:
+        predicted, target: ``(B, T, D)`` float lip units (predicted by A2L, and from the shards).
+        masked: ``(B, T)`` bool, True on the masked frames (the only ones that count).
+    Returns:
+        A scalar.
+    """
+    per_frame = (predicted - target).pow(2).sum(dim=-1)
+    return per_frame[masked].mean()
+
+
+__all__ += ["masked_unit_loss"]

@@ -1,7 +1,9 @@
 """The shard format: the contract between ``pipeline`` (writer) and ``cals`` (reader).
 
-One WebDataset sample per source clip; documented in ``docs/shard-format.md``. Only this module
-and :mod:`cals.data` know member names. Bump :data:`FORMAT_VERSION` on any incompatible change.
+One WebDataset sample per source clip; documented in ``docs/shard-format.md``. Member names are
+defined only here: readers use :func:`decode_sample` (:mod:`cals.data`) or the ``read_*``
+functions (:mod:`cals.stream`, one window at a time); writers :func:`pack_sample` and
+:func:`update_sample`. Bump :data:`FORMAT_VERSION` on any incompatible change.
 
 Members of sample ``KEY`` (tar entries ``KEY.<member>``):
 
@@ -123,7 +125,8 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _npy_load(blob: bytes) -> np.ndarray:
+def npy_load(blob: bytes) -> np.ndarray:
+    """An ``.npy`` member's bytes → the array (no pickles)."""
     return np.load(io.BytesIO(blob), allow_pickle=False)
 
 
@@ -240,7 +243,7 @@ def pack_sample(
 def check_members(raw: Mapping[str, Any]) -> list[str]:
     """Integrity of a raw sample: every member listed in ``json.member_sha1`` is present and has
     that SHA-1 (catches bit rot and truncation that decoders would pass silently)."""
-    meta = json.loads(raw[META_MEMBER])
+    meta = read_meta(raw)
     problems = []
     for name, digest in meta.get("member_sha1", {}).items():
         blob = raw.get(name)
@@ -267,7 +270,7 @@ def update_sample(
     :func:`check_members` holds. Returns the WebDataset dict to write (``__key__`` plus
     members; other ``__*`` entries of the reader are dropped).
     """
-    new_meta = json.loads(raw[META_MEMBER])
+    new_meta = read_meta(raw)
     new_meta.update(meta or {})
     members = {name: blob for name, blob in raw.items() if not name.startswith("_") and name != META_MEMBER}
     replaced = {}
@@ -288,28 +291,57 @@ def update_sample(
     return {"__key__": raw["__key__"], **members}
 
 
+# --- reading a raw sample (member → bytes, as WebDataset yields it) -------------------------------
+# The readers (cals.data via decode_sample, cals.stream per window) use these and no member name.
+
+
+def read_meta(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``json`` member: the metadata dict (see :data:`REQUIRED_META`)."""
+    return json.loads(raw[META_MEMBER])
+
+
+def read_frames(raw: Mapping[str, Any], meta: Mapping[str, Any], indices: range | list[int] | None = None) -> np.ndarray:
+    """Decode frames ``indices`` (default all) of the sample's frames member, whichever codec
+    ``meta["frame_codec"]`` names. Returns ``(len(indices), 128, 128, 3)`` uint8 RGB."""
+    member = FRAME_CODECS.get(meta["frame_codec"])
+    if member is None or member not in raw:
+        raise ValueError(f"sample {raw.get('__key__')!r} lacks its frames member ({meta['frame_codec']})")
+    return decode_frames(raw[member], meta["frame_sizes"], indices)
+
+
+def read_audio(raw: Mapping[str, Any]) -> np.ndarray:
+    """The ``audio.flac`` member: ``(640T,)`` int16 mono at 16 kHz."""
+    return decode_audio(raw[AUDIO_MEMBER])
+
+
+def read_mel(raw: Mapping[str, Any]) -> np.ndarray:
+    """The ``mel.npy`` member: ``(4T, 80)`` float16 log10 mel."""
+    return npy_load(raw[MEL_MEMBER])
+
+
+def read_lip(raw: Mapping[str, Any]) -> Optional[np.ndarray]:
+    """The ``lip.npy`` member: ``(T, D)`` float16 lip units, or None when the sample has none."""
+    return npy_load(raw[LIP_MEMBER]) if LIP_MEMBER in raw else None
+
+
 def decode_sample(raw: Mapping[str, Any], frames: bool = True) -> ClipSample:
     """WebDataset raw dict (member → bytes) → ClipSample. ``frames=False`` skips image decoding
     (``frames`` is then an empty ``(0, 128, 128, 3)`` array)."""
-    meta = json.loads(raw[META_MEMBER])
+    meta = read_meta(raw)
     version = meta.get("format_version")
     if version != FORMAT_VERSION:
         raise ValueError(
             f"sample {raw.get('__key__')!r} has shard format version {version}, this reader reads {FORMAT_VERSION}"
         )
-    member = FRAME_CODECS.get(meta["frame_codec"])
-    if member is None or member not in raw:
-        raise ValueError(f"sample {raw.get('__key__')!r} lacks its frames member ({meta['frame_codec']})")
-    decoded = decode_frames(raw[member], meta["frame_sizes"], None if frames else [])
     return ClipSample(
         key=raw["__key__"],
-        frames=decoded,
-        mel=_npy_load(raw[MEL_MEMBER]),
-        audio=decode_audio(raw[AUDIO_MEMBER]),
-        boxes=_npy_load(raw[BOXES_MEMBER]),
-        scores=_npy_load(raw[SCORES_MEMBER]),
+        frames=read_frames(raw, meta, None if frames else []),
+        mel=read_mel(raw),
+        audio=read_audio(raw),
+        boxes=npy_load(raw[BOXES_MEMBER]),
+        scores=npy_load(raw[SCORES_MEMBER]),
         meta=meta,
-        lip=_npy_load(raw[LIP_MEMBER]) if LIP_MEMBER in raw else None,
+        lip=read_lip(raw),
     )
 
 

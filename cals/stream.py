@@ -15,7 +15,6 @@ rank, then by worker, and there must be at least ranks x workers shards.
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
@@ -26,17 +25,7 @@ import webdataset as wds
 from cals.constants import AUDIO_SAMPLES_PER_FRAME, MEL_HOP, MEL_ROWS_PER_FRAME, N_MELS, SAMPLE_RATE
 from cals.data import shard_paths
 from cals.mel import MEL_PARAMS, log_mel
-from cals.shard_format import (
-    AUDIO_MEMBER,
-    FORMAT_VERSION,
-    FRAME_CODECS,
-    LIP_MEMBER,
-    MEL_MEMBER,
-    META_MEMBER,
-    _npy_load,
-    decode_audio,
-    decode_frames,
-)
+from cals.shard_format import FORMAT_VERSION, read_audio, read_frames, read_lip, read_meta, read_mel
 
 
 class ShardMismatch(ValueError):
@@ -104,10 +93,6 @@ class StreamConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
-def _meta(raw: dict) -> dict:
-    return json.loads(raw[META_MEMBER])
-
-
 def check_compatible(meta: dict, config: StreamConfig) -> None:
     """Raise ShardMismatch naming both sides when a sample does not fit the run."""
     key = meta.get("key")
@@ -141,11 +126,11 @@ def cut_window(raw: dict, config: StreamConfig, rng: random.Random) -> dict[str,
     ``lip`` (W, D) float32 when ``config.lip_units``; ``context_audio`` is the window's audio
     plus up to one frame on each side (for augmentation), with ``context_offset`` samples before.
     """
-    meta = _meta(raw)
+    meta = read_meta(raw)
     total = int(meta["num_frames"])
     length = min(total, config.window or config.max_frames, config.max_frames)
     start = rng.randint(0, total - length)
-    audio = decode_audio(raw[AUDIO_MEMBER])
+    audio = read_audio(raw)
     a0 = max(0, (start - 1) * AUDIO_SAMPLES_PER_FRAME)
     a1 = min(audio.shape[0], (start + length + 1) * AUDIO_SAMPLES_PER_FRAME)
     window = {
@@ -155,13 +140,15 @@ def cut_window(raw: dict, config: StreamConfig, rng: random.Random) -> dict[str,
         "audio": audio[start * AUDIO_SAMPLES_PER_FRAME : (start + length) * AUDIO_SAMPLES_PER_FRAME],
         "context_audio": audio[a0:a1],
         "context_offset": start * AUDIO_SAMPLES_PER_FRAME - a0,
-        "mel": _npy_load(raw[MEL_MEMBER])[start * MEL_ROWS_PER_FRAME : (start + length) * MEL_ROWS_PER_FRAME].astype(np.float32),
+        "mel": read_mel(raw)[start * MEL_ROWS_PER_FRAME : (start + length) * MEL_ROWS_PER_FRAME].astype(np.float32),
     }
     if config.frames:
-        member = FRAME_CODECS[meta["frame_codec"]]
-        window["frames"] = decode_frames(raw[member], meta["frame_sizes"], range(start, start + length))
+        window["frames"] = read_frames(raw, meta, range(start, start + length))
     if config.lip_units:
-        window["lip"] = _npy_load(raw[LIP_MEMBER])[start : start + length].astype(np.float32)
+        lip = read_lip(raw)
+        if lip is None:
+            raise ShardMismatch(f"sample {raw['__key__']}: json.lip_units is set but the sample has no lip units")
+        window["lip"] = lip[start : start + length].astype(np.float32)
     return window
 
 
@@ -261,7 +248,7 @@ def _windows(config: StreamConfig) -> Callable[[Iterable[dict]], Iterator[dict]]
         rng = random.Random(worker_seed(config) + 1)
         noises = [_load_noise(p) for p in config.augment.noise_files]
         for raw in samples:
-            check_compatible(_meta(raw), config)
+            check_compatible(read_meta(raw), config)
             window = cut_window(raw, config, rng)
             window = add_noise(window, noises, config.augment, rng)
             window = spec_augment(window, config.augment, rng)

@@ -4,7 +4,7 @@ the audio around it (CALS, Park et al. MM'23, Sec. 3.1).
 Input: one *audio unit* per 25 fps frame, its 4 mel rows x 80 bins = 320 values, projected to
 ``d_model``, plus sinusoidal positions; output: a ``unit_dim`` vector per frame. Pre-training
 masks contiguous spans of audio units (zeroes them) and regresses the lip units of the masked
-frames; at inference and inside CALS nothing is masked.
+frames (loss: :func:`cals.losses.masked_unit_loss`); at inference and inside CALS nothing is masked.
 """
 
 from __future__ import annotations
@@ -108,9 +108,3 @@ class AudioToLip(nn.Module):
         hidden = self.encoder(hidden, src_key_padding_mask=~padding)
         return self.head(self.norm_out(hidden))
 
-
-def masked_unit_loss(predicted: torch.Tensor, target: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
-    """L_a2l: squared error summed over the unit dimensions, averaged over masked frames only
-    (the paper's sum over t in M, divided by |M| so the scale does not depend on batch size)."""
-    per_frame = (predicted - target).pow(2).sum(dim=-1)
-    return per_frame[masked].mean()

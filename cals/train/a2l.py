@@ -10,7 +10,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cals.models.a2l import A2LConfig, AudioToLip, masked_unit_loss, span_mask
+from cals.losses import masked_unit_loss
+from cals.models.a2l import A2LConfig, AudioToLip, span_mask
 from cals.stream import AugmentConfig
 from cals.train.config import TrainConfig
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from cals.models.a2l import A2LConfig, AudioToLip, masked_unit_loss, span_mask
+from cals.losses import masked_unit_loss
+from cals.models.a2l import A2LConfig, AudioToLip, span_mask
 from cals.train.checkpoint import load_weights, read_json
 from cli.train import app
 from tests.cals.test_stream import write_dataset
