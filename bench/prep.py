@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from cals.constants import FPS
-from pipeline.prepare_clip import PrepParams, detected_stream
+from pipeline.prepare_clip import PrepParams
 from pipeline.errors import ClipError
 from pipeline.io import iter_frames, probe
 from pipeline.manifest import ClipSource
@@ -53,6 +53,7 @@ from pipeline.run import (
     run_prep,
 )
 from pipeline.stages.detect import DETECTORS, make_detector
+from pipeline.stages.face import detected_stream
 
 #: Where the fixture clips live, and which of them (talking faces with speech) make the corpus.
 FIXTURE_DIR = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "video"

@@ -8,11 +8,11 @@ crops the training data):
    (:func:`cals.mel.log_mel`) is computed on the audio zero-padded to 640·T samples
    (:func:`pipeline.prepare_clip.fit_audio`); the mp4's audio track is the N samples themselves.
 2. **Face, pass 1**: the face video decoded at 25 fps (:func:`pipeline.io.iter_frames`; a still
-   image decodes to one frame), at most its first T frames; faces detected on every frame
-   (the prep detectors, :func:`pipeline.stages.detect.make_detector`), one face tracked and
-   smoothed (:func:`pipeline.stages.track.track_faces`), then cropped square and resized to
-   128x128 (:func:`pipeline.stages.crop.crop_square` / :func:`~pipeline.stages.crop.crop_frame`).
-   Only the crops and boxes are kept. No detected face at all → ``ClipError("no_face")``.
+   image decodes to one frame), at most its first T frames, through prep's face stage
+   (:func:`pipeline.stages.face.face_track` with the prep detectors of
+   :func:`pipeline.stages.detect.make_detector`): faces detected on every frame, one face
+   tracked and smoothed, cropped square and resized to 128x128. Only the crops and boxes are
+   kept. No detected face at all → ``ClipError("no_face")``.
 3. **Length**: a face video with at least T frames gives its first T; a shorter one is looped
    forwards and backwards (:func:`cals.inference.frame_schedule`); a still image is repeated.
 4. **Generate** (:func:`cals.inference.generate_faces`): ``CalsModel.generate`` on the whole clip,
@@ -35,19 +35,20 @@ from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 
 from cals.constants import AUDIO_SAMPLES_PER_FRAME, PASTE_FEATHER, SAMPLE_RATE
 from cals.inference import frame_schedule, generate_faces, paste_face
 from cals.mel import MEL_PARAMS, log_mel
-from pipeline.prepare_clip import detected_stream, fit_audio
 from pipeline.errors import ClipError
 from pipeline.io import ENCODE_CRF, VideoEncoder, iter_frames, probe, read_audio
-from pipeline.stages.crop import CropParams, crop_frame, crop_square
+from pipeline.prepare_clip import fit_audio
+from pipeline.stages.crop import CropParams
 from pipeline.stages.detect import Detector, make_detector
-from pipeline.stages.track import TrackParams, track_faces
+from pipeline.stages.face import face_track
+from pipeline.stages.track import TrackParams
 
 
 #: One plain phrase per ClipError reason :func:`generate_video` can meet.
@@ -127,28 +128,20 @@ def _keep(frames: Iterator[np.ndarray], held: list[np.ndarray]) -> Iterator[np.n
         yield frame
 
 
-def face_crops(frames: Iterator[np.ndarray], detector: Detector, params: GenerateParams) -> tuple[np.ndarray, np.ndarray, int]:
-    """Pass 1: detect, track and crop every frame as ``cals-prep`` does.
+def face_crops(frames: Iterable[np.ndarray], detector: Detector, params: GenerateParams) -> tuple[np.ndarray, np.ndarray, int]:
+    """Pass 1: every frame through the face stage (:func:`pipeline.stages.face.face_track`,
+    detection on every frame) as ``cals-prep`` crops it.
 
     Returns:
         ``(crops (F, 128, 128, 3) uint8, boxes (F, 4) float64 square crop boxes xyxy in source
         pixels, frames with their own detection)``.
     """
-    stream = detected_stream(frames, detector, every=1)
-    if detector.name == "none":
-        tracked = ((frame, dets[0].box, 1.0) for frame, dets in stream)
-    else:
-        tracked = ((t.frame, t.box, t.score) for t in track_faces(stream, params.track))
-    crops, boxes, detected = [], [], 0
-    for frame, box, score in tracked:
-        height, width = frame.shape[:2]
-        square = box if detector.name == "none" else crop_square(box, width, height, params.crop)
-        crops.append(crop_frame(frame, square, params.crop.size))
-        boxes.append(square)
-        detected += score > 0
-    if not crops:
+    faces = list(face_track(frames, detector, params.track, params.crop))
+    if not faces:
         return np.zeros((0, params.crop.size, params.crop.size, 3), np.uint8), np.zeros((0, 4)), 0
-    return np.stack(crops), np.asarray(boxes, dtype=np.float64), int(detected)
+    crops = np.stack([face.crop for face in faces])
+    boxes = np.asarray([face.square for face in faces], dtype=np.float64)
+    return crops, boxes, sum(face.detected for face in faces)
 
 
 def load_driving_audio(path: str | Path) -> np.ndarray:

@@ -1,15 +1,22 @@
 """One source clip → one encoded shard sample (or a ClipError with a reason).
 
-The chain: probe → audio (16 kHz mono, fit to 640·T) → stream frames at 25 fps → detect (every
-k-th frame, in batches) → track one face → crop 128x128 → JPEG, frame by frame → log-mel.
+The chain, one small function per step (:func:`process_clip` runs them in order):
+
+1. validate (:func:`validate_clip`): probe, window, audio present, long enough on paper;
+2. audio (:func:`pipeline.io.read_audio`): 16 kHz mono int16;
+3. face (:func:`clip_faces`): frames streamed at 25 fps through the face stage
+   (:func:`pipeline.stages.face.face_track`: detect every k-th frame, track one face, square,
+   crop 128x128), each crop JPEG-encoded as it comes;
+4. checks (:func:`check_faces`): decoded length, face coverage;
+5. encode (:func:`encode_clip`): audio fit to 640·T, log-mel, manifest fields, packed sample.
+
 Memory holds the encoded crops and the audio, never the decoded video.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from itertools import islice
-from typing import Any, Iterator, Optional
+from typing import Any, Callable
 
 import numpy as np
 
@@ -20,12 +27,11 @@ from pipeline import PIPELINE_VERSION
 from pipeline.errors import ClipError
 from pipeline.io import MediaInfo, Window, iter_frames, probe, read_audio
 from pipeline.manifest import ClipSource
-from pipeline.stages.crop import CropParams, crop_frame, crop_square
-from pipeline.stages.detect import Detection, Detector
-from pipeline.stages.track import TrackParams, track_faces
+from pipeline.stages.crop import CropParams
+from pipeline.stages.detect import Detector
+from pipeline.stages.face import face_track
+from pipeline.stages.track import TrackParams
 
-#: Frames handed to the detector at once.
-DETECT_BATCH = 16
 #: A decode shorter than this share of the promised frames is reported as truncated.
 TRUNCATION_RATIO = 0.9
 
@@ -73,24 +79,6 @@ def fit_audio(audio: np.ndarray, num_frames: int) -> tuple[np.ndarray, int]:
     return audio[:target], int(pad)
 
 
-def detected_stream(
-    frames: Iterator[np.ndarray], detector: Detector, every: int
-) -> Iterator[tuple[np.ndarray, Optional[list[Detection]]]]:
-    """Attach detections to every ``every``-th frame (None on the others), batching the detector."""
-    index = 0
-    while True:
-        batch = list(islice(frames, DETECT_BATCH))
-        if not batch:
-            return
-        wanted = [i for i in range(len(batch)) if (index + i) % every == 0]
-        found = detector([batch[i] for i in wanted]) if wanted else []
-        results: list[Optional[list[Detection]]] = [None] * len(batch)
-        for i, dets in zip(wanted, found):
-            results[i] = dets
-        yield from zip(batch, results)
-        index += len(batch)
-
-
 @dataclass
 class ClipResult:
     """An encoded sample (WebDataset dict of bytes) plus the manifest fields it fills."""
@@ -99,8 +87,13 @@ class ClipResult:
     fields: dict[str, Any]
 
 
-def process_clip(source: ClipSource, params: PrepParams, detector: Detector) -> ClipResult:
-    """Prepare one clip. Raises ClipError with a reason for any input it cannot use."""
+def validate_clip(source: ClipSource, params: PrepParams) -> tuple[MediaInfo, Window, int]:
+    """Validate step: probe ``source`` and check its window, audio and promised length.
+
+    Returns ``(info, window, expected)``: the probed file, the window to decode (crop in source
+    pixels) and the 25 fps frames the container promises for it. Raises ClipError
+    (``bad_window``, ``no_audio``, ``too_short`` and the reasons of :func:`pipeline.io.probe`).
+    """
     info: MediaInfo = probe(source.path)
     window = Window(source.start_s, source.end_s, tuple(source.crop) if source.crop else None)
     try:
@@ -112,45 +105,77 @@ def process_clip(source: ClipSource, params: PrepParams, detector: Detector) -> 
     expected = info.frames_in(window)
     if info.video_duration_s and expected < params.min_frames:
         raise ClipError("too_short", f"{expected} frames at {FPS} fps < --min-frames {params.min_frames}")
-    audio = read_audio(info, window)
+    return info, window, expected
 
-    offset_x, offset_y = (window.crop[0], window.crop[1]) if window.crop else (0, 0)  # boxes in source pixels
-    crops_encoded: list[bytes] = []
-    boxes: list[tuple[float, float, float, float]] = []
-    scores: list[float] = []
-    faces_seen = 0
-    examined = 0
-    stream = detected_stream(iter_frames(info, window), detector, params.detect_every)
-    if detector.name == "none":
-        tracked = (
-            (frame, dets[0].box if dets else None, 1.0, 1) for frame, dets in stream
-        )
-    else:
-        tracked = ((t.frame, t.box, t.score, t.faces) for t in track_faces(stream, params.track))
-    for frame, box, score, faces in tracked:
-        height, width = frame.shape[:2]
-        square = box if detector.name == "none" else crop_square(box, width, height, params.crop)
-        crop = crop_frame(frame, square, params.crop.size)
-        crops_encoded.extend(encode_frames(crop[None], params.codec, params.jpeg_quality))
-        boxes.append((square[0] + offset_x, square[1] + offset_y, square[2] + offset_x, square[3] + offset_y))
-        scores.append(score)
-        if faces >= 0:
-            examined += 1
-            faces_seen = max(faces_seen, faces)
 
-    num_frames = len(crops_encoded)
+@dataclass
+class ClipFaces:
+    """The face step's output for one clip, one entry per 25 fps frame.
+
+    Attributes:
+        crops: what ``keep`` made of each ``(128, 128, 3)`` uint8 crop (JPEG bytes in prep).
+        boxes: square crop boxes xyxy in *source* pixels (the window's crop offset added back).
+        scores: the frame's own detection score; 0 = filled in by the tracker.
+        examined: frames the detector looked at.
+        faces_seen: most detections on one examined frame.
+    """
+
+    crops: list[Any] = field(default_factory=list)
+    boxes: list[tuple[float, float, float, float]] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+    examined: int = 0
+    faces_seen: int = 0
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.crops)
+
+    @property
+    def detected(self) -> int:
+        """Frames with their own detection."""
+        return int(np.count_nonzero(self.scores))
+
+
+def clip_faces(
+    info: MediaInfo, window: Window, detector: Detector, params: PrepParams, keep: Callable[[np.ndarray], Any]
+) -> ClipFaces:
+    """Face step: stream the window's frames through :func:`pipeline.stages.face.face_track` and
+    keep ``keep(crop)`` of every ``(128, 128, 3)`` uint8 crop, never the decoded frames."""
+    offset_x, offset_y = (window.crop[0], window.crop[1]) if window.crop else (0, 0)
+    faces = ClipFaces()
+    frames = iter_frames(info, window)
+    for face in face_track(frames, detector, params.track, params.crop, params.detect_every):
+        x0, y0, x1, y1 = face.square
+        faces.crops.append(keep(face.crop))
+        faces.boxes.append((x0 + offset_x, y0 + offset_y, x1 + offset_x, y1 + offset_y))
+        faces.scores.append(face.score)
+        if face.examined:
+            faces.examined += 1
+            faces.faces_seen = max(faces.faces_seen, face.faces)
+    return faces
+
+
+def check_faces(faces: ClipFaces, info: MediaInfo, expected: int, params: PrepParams) -> None:
+    """Raise ClipError (``decode_error``, ``truncated``, ``too_short``, ``no_face``,
+    ``low_face_coverage``) when the decoded clip is too short or shows too little face."""
+    num_frames = faces.num_frames
     if num_frames == 0:
         raise ClipError("decode_error", "ffmpeg produced no frames")
     if info.video_duration_s and num_frames < TRUNCATION_RATIO * expected - 1:
         raise ClipError("truncated", f"decoded {num_frames} of {expected} frames promised by the container")
     if num_frames < params.min_frames:
         raise ClipError("too_short", f"{num_frames} frames < --min-frames {params.min_frames}")
-    detected = int(np.count_nonzero(scores))
+    detected, examined = faces.detected, faces.examined
     if detected == 0:
         raise ClipError("no_face", f"no face in {examined} examined frames")
     if detected / max(examined, 1) < params.min_face_ratio:
         raise ClipError("low_face_coverage", f"face in {detected} of {examined} examined frames < --min-face-ratio {params.min_face_ratio}")
 
+
+def encode_clip(source: ClipSource, info: MediaInfo, audio: np.ndarray, faces: ClipFaces, detector_name: str, params: PrepParams) -> ClipResult:
+    """Encode step: audio fit to 640·T samples, its log-mel, the manifest fields and the packed
+    sample (``faces.crops`` are the encoded frames)."""
+    num_frames, detected, examined = faces.num_frames, faces.detected, faces.examined
     audio, pad = fit_audio(audio, num_frames)
     mel = log_mel(audio, MEL_PARAMS)
     fields = dict(
@@ -163,9 +188,9 @@ def process_clip(source: ClipSource, params: PrepParams, detector: Detector) -> 
         source_codec=info.video_codec,
         frames_examined=examined,
         frames_detected=detected,
-        faces_seen=faces_seen,
+        faces_seen=faces.faces_seen,
         detect_ratio=detected / max(examined, 1),
-        mean_score=float(np.mean([s for s in scores if s > 0])),
+        mean_score=float(np.mean([s for s in faces.scores if s > 0])),
         audio_pad_samples=pad,
     )
     meta = dict(
@@ -184,11 +209,11 @@ def process_clip(source: ClipSource, params: PrepParams, detector: Detector) -> 
         source_height=info.height,
         source_duration_s=info.duration_s,
         source_codec=info.video_codec,
-        detector=detector.name if detector.name != "mediapipe" else f"mediapipe-{params.mediapipe_model}",
+        detector=detector_name if detector_name != "mediapipe" else f"mediapipe-{params.mediapipe_model}",
         detect_every=params.detect_every,
         frames_examined=examined,
         frames_detected=detected,
-        faces_seen=faces_seen,
+        faces_seen=faces.faces_seen,
         audio_pad_samples=pad,
         mel_params=MEL_PARAMS.to_dict(),
         crop_params=asdict(params.crop),
@@ -196,13 +221,23 @@ def process_clip(source: ClipSource, params: PrepParams, detector: Detector) -> 
     )
     sample = pack_sample(
         source.key,
-        crops_encoded,
+        faces.crops,
         params.codec,
         mel,
         audio,
-        np.asarray(boxes, dtype=np.float32),
-        np.asarray(scores, dtype=np.float32),
+        np.asarray(faces.boxes, dtype=np.float32),
+        np.asarray(faces.scores, dtype=np.float32),
         meta,
         params.jpeg_quality,
     )
     return ClipResult(sample=sample, fields=fields)
+
+
+def process_clip(source: ClipSource, params: PrepParams, detector: Detector) -> ClipResult:
+    """Prepare one clip: validate → audio → face (crops JPEG-encoded as they come) → checks →
+    encode. Raises ClipError with a reason for any input it cannot use."""
+    info, window, expected = validate_clip(source, params)
+    audio = read_audio(info, window)
+    faces = clip_faces(info, window, detector, params, keep=lambda crop: encode_frames(crop[None], params.codec, params.jpeg_quality)[0])
+    check_faces(faces, info, expected, params)
+    return encode_clip(source, info, audio, faces, detector.name, params)

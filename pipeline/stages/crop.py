@@ -3,8 +3,9 @@
 The crop square is centred on the detection box shifted down by ``shift_down`` x box height (so
 the chin and jaw stay inside), with side ``margin`` x max(box width, box height). A square that
 fits in the frame is shifted inside it (clamp: real pixels, face slightly off-centre); one larger
-than the frame is padded with black. Resizing uses OpenCV's INTER_AREA (no aliasing when
-shrinking).
+than the frame is padded with black. Resizing to ``size``² uses OpenCV's INTER_AREA when the
+square is larger than ``size`` pixels (shrinking, no aliasing) and INTER_CUBIC otherwise
+(enlarging a small face, or a square of exactly ``size``).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def crop_square(box: Box, width: int, height: int, params: CropParams = CropPara
 
 def crop_frame(frame: np.ndarray, square: Box, size: int = CROP_SIZE) -> np.ndarray:
     """Cut ``square`` (integer xyxy, may exceed the frame: black padding) out of an ``(H, W, 3)``
-    uint8 frame and resize to ``(size, size, 3)`` uint8."""
+    uint8 frame and resize to ``(size, size, 3)`` uint8 (INTER_AREA down, INTER_CUBIC up)."""
     import cv2
 
     height, width = frame.shape[:2]

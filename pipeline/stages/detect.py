@@ -1,6 +1,9 @@
 """Face detectors as callable classes: load once in ``__init__``, then
 ``detector(frames) -> detections per frame``. Boxes are in the input frame's pixels.
 
+A detector whose boxes already are the crop squares also provides ``squares(frames)``, which
+:func:`pipeline.stages.face.face_track` uses instead of tracking and squaring its detections.
+
 - ``mediapipe`` (default): MediaPipe 0.10.21 FaceDetection; its model ships inside the wheel.
   Frames are downscaled to at most ``max_side`` pixels before detection (boxes are scaled back).
 - ``sfd``: face-alignment's S3FD, weights read from the torch hub cache (never downloaded).
@@ -12,7 +15,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Iterable, Iterator, Protocol, Sequence
 
 import numpy as np
 
@@ -131,6 +134,12 @@ class WholeFrameDetector:
 
     def __call__(self, frames: Sequence[np.ndarray]) -> list[list[Detection]]:
         return [[Detection(centre_square(frame.shape[1], frame.shape[0]), 1.0)] for frame in frames]
+
+    def squares(self, frames: Iterable[np.ndarray]) -> Iterator[tuple[np.ndarray, tuple[float, float, float, float], float, int]]:
+        """``(frame, centre square xyxy, score 1.0, 1 face)`` per ``(H, W, 3)`` frame: the crop
+        square itself (not tracked, not enlarged)."""
+        for frame in frames:
+            yield frame, centre_square(frame.shape[1], frame.shape[0]), 1.0, 1
 
     def close(self) -> None:
         pass
