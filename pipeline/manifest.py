@@ -6,8 +6,6 @@ ok or failed, with :data:`MANIFEST_SCHEMA`. Readable with pandas, pyarrow or duc
 
 from __future__ import annotations
 
-import os
-import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Iterable, Optional
@@ -108,17 +106,10 @@ def manifest_row(source: ClipSource, **fields: Any) -> dict[str, Any]:
 
 def write_parquet(rows: Iterable[dict[str, Any]], path: Path, metadata: Optional[dict[str, str]] = None) -> None:
     """Write rows with :data:`MANIFEST_SCHEMA` (plus key/value ``metadata``) to ``path`` as is
-    (callers publish it atomically: :meth:`pipeline.storage.Storage.staged`)."""
+    (callers publish it atomically: :meth:`pipeline.storage.Storage.staged` or
+    :func:`cals.atomic.atomic_write`)."""
     schema = MANIFEST_SCHEMA.with_metadata({k.encode(): v.encode() for k, v in (metadata or {}).items()})
     pq.write_table(pa.Table.from_pylist(list(rows), schema=schema), path)
-
-
-def atomic_write_parquet(rows: Iterable[dict[str, Any]], path: Path, metadata: Optional[dict[str, str]] = None) -> None:
-    """:func:`write_parquet` to a temp file beside the local ``path``, then rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    write_parquet(rows, tmp, metadata)
-    os.replace(tmp, path)
 
 
 def read_rows(source: "Path | BinaryIO") -> list[dict[str, Any]]:

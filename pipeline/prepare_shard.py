@@ -4,16 +4,13 @@ No Ray here: :mod:`pipeline.run` calls :func:`prepare_shard` inside a Ray task, 
 directly. The output is a :class:`~pipeline.storage.Storage` (a local folder or an fsspec URL).
 Order of writes: tar to a local temp file, rows part staged and published, tar published (each
 publish atomic: a rename locally, one upload to an object store). A shard is complete when its
-rows part exists and (if it has ok clips) its tar does; a crash at any point leaves temp files
-only, which the next run removes and redoes.
+rows part exists and (if it has ok clips) its tar does (:mod:`pipeline.resume`); a crash at any
+point leaves temp files only, which the next run removes and redoes. Names: :mod:`cals.layout`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,16 +18,15 @@ from typing import Any, Callable, Optional
 
 import webdataset as wds
 
-from pipeline.prepare_clip import PrepParams, process_clip
+from cals.layout import marker_name, part_name, tar_name
 from pipeline.errors import ClipError
 from pipeline.manifest import ClipSource, manifest_row, write_parquet
+from pipeline.prepare_clip import PrepParams, process_clip
+from pipeline.resume import DIGEST_KEY, clips_digest
 from pipeline.stages.detect import Detector, make_detector
 from pipeline.storage import Storage, open_storage
 
 log = logging.getLogger(__name__)
-
-#: Folder (inside the dataset folder) holding one manifest part per complete shard.
-PARTS_DIR = "_parts"
 
 
 @dataclass(frozen=True)
@@ -40,30 +36,6 @@ class ShardPlan:
     name: str
     split: str
     clips: tuple[ClipSource, ...]
-
-
-def part_name(shard: str) -> str:
-    """The shard's manifest rows part, relative to the dataset folder."""
-    return f"{PARTS_DIR}/{shard}.parquet"
-
-
-def marker_name(shard: str) -> str:
-    """Names the clip a shard's worker is on, so the driver can blame a clip that kills it."""
-    return f"{PARTS_DIR}/.{shard}.current"
-
-
-def tar_name(shard: str) -> str:
-    return f"{shard}.tar"
-
-
-def plan_digest(plan: ShardPlan, params: PrepParams) -> str:
-    """SHA-256 of everything that decides the shard's bytes: parameters, and each clip's
-    description and source file size. A complete shard with another digest is stale."""
-    digest = hashlib.sha256(json.dumps(params.to_dict(), sort_keys=True).encode())
-    for clip in plan.clips:
-        size = os.path.getsize(clip.path) if os.path.exists(clip.path) else -1
-        digest.update(json.dumps([clip.to_dict(), size], sort_keys=True, default=list).encode())
-    return digest.hexdigest()
 
 
 def write_part(storage: Storage, shard: str, rows: list[dict[str, Any]], metadata: dict[str, str]) -> None:
@@ -140,7 +112,7 @@ def prepare_shard(
     finally:
         if own_detector:
             detector.close()
-    metadata = {"shard_digest": plan_digest(plan, params)}
+    metadata = {DIGEST_KEY: clips_digest(plan.clips, params)}
     try:
         # A tar of an earlier run goes first: a crash between the part and the tar must not
         # leave a new part beside an old tar (that shard would pass as complete).
@@ -152,26 +124,3 @@ def prepare_shard(
         tmp_tar.unlink(missing_ok=True)
     storage.remove(marker_name(plan.name))
     return rows
-
-
-def shard_is_complete(out_dir: "str | Path | Storage", plan: ShardPlan, params: PrepParams) -> bool:
-    """True when the shard's rows part exists, was made from the same parameters and clips
-    (its digest), and, if it has ok clips, the tar exists too."""
-    import io
-
-    from pipeline.manifest import read_metadata, read_rows
-
-    storage = open_storage(out_dir)
-    if not storage.exists(part_name(plan.name)):
-        return False
-    try:
-        data = storage.read_bytes(part_name(plan.name))
-    except FileNotFoundError:
-        return False
-    if read_metadata(io.BytesIO(data)).get("shard_digest") != plan_digest(plan, params):
-        return False
-    rows = read_rows(io.BytesIO(data))
-    if [r["key"] for r in rows] != [c.key for c in plan.clips]:
-        return False
-    has_ok = any(r["status"] == "ok" for r in rows)
-    return not has_ok or storage.exists(tar_name(plan.name))

@@ -29,10 +29,8 @@ into manifest columns (:func:`update_manifest`).
 from __future__ import annotations
 
 import json
-import os
 import tarfile
 import traceback
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Protocol
@@ -41,8 +39,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import webdataset as wds
 
-from cals.data import MANIFEST_FILE
+from cals.atomic import atomic_write, publish, temp_path
+from cals.layout import MANIFEST_FILE, part_name, report_dir, report_name
 from cals.shard_format import META_MEMBER
+from pipeline.manifest import read_metadata, read_rows, write_parquet
 
 #: Longest error detail kept in a report or the manifest (as prep's details).
 DETAIL_CHARS = 500
@@ -87,7 +87,8 @@ class ShardJob(Protocol):
 
 
 def report_path(dataset_dir: Path, job_name: str, shard: str) -> Path:
-    return Path(dataset_dir) / f"_{job_name}" / f"{Path(shard).stem}.json"
+    """The local path of the job's report on the shard file ``shard`` (:func:`cals.layout.report_name`)."""
+    return Path(dataset_dir) / report_name(job_name, shard)
 
 
 def read_report(dataset_dir: Path, job_name: str, shard: str) -> dict[str, Any]:
@@ -96,16 +97,6 @@ def read_report(dataset_dir: Path, job_name: str, shard: str) -> dict[str, Any]:
     if not path.is_file():
         return {"shard": shard, "records": {}}
     return json.loads(path.read_text(encoding="utf-8"))
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def scan_shard(path: Path) -> list[tuple[str, dict[str, Any], set[str]]]:
@@ -130,9 +121,6 @@ def shard_is_done(scan: list[tuple[str, dict[str, Any], set[str]]], job: ShardJo
 
 def _mark_dropped_in_part(dataset_dir: Path, shard: str, dropped: dict[str, dict[str, Any]]) -> None:
     """Record dropped samples as failed in the shard's prep manifest part (same digest kept)."""
-    from pipeline.manifest import atomic_write_parquet, read_metadata, read_rows
-    from pipeline.prepare_shard import part_name
-
     part = Path(dataset_dir) / part_name(Path(shard).stem)
     if not part.is_file():
         return
@@ -141,7 +129,8 @@ def _mark_dropped_in_part(dataset_dir: Path, shard: str, dropped: dict[str, dict
         record = dropped.get(row["key"])
         if record is not None and row["status"] == "ok":
             row.update(status="failed", reason=record["reason"], detail=record["detail"], shard=None)
-    atomic_write_parquet(rows, part, read_metadata(part))
+    with atomic_write(part) as tmp:
+        write_parquet(rows, tmp, read_metadata(part))
 
 
 def rewrite_shard(
@@ -162,7 +151,7 @@ def rewrite_shard(
     path = dataset_dir / shard
     report = read_report(dataset_dir, job.name, shard)
     records: dict[str, Any] = report.get("records", {})
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp = temp_path(path)
     changed = False
     kept = 0
     dropped: dict[str, dict[str, Any]] = {}
@@ -202,11 +191,12 @@ def rewrite_shard(
         report = {"shard": shard, "records": records}
         if dropped:
             _mark_dropped_in_part(dataset_dir, shard, dropped)
-        _atomic_write_text(report_path(dataset_dir, job.name, shard), json.dumps(report, indent=1, sort_keys=True) + "\n")
+        report_file = report_path(dataset_dir, job.name, shard)
+        report_file.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(report_file) as report_tmp:
+            report_tmp.write_text(json.dumps(report, indent=1, sort_keys=True) + "\n", encoding="utf-8")
         if changed and kept:
-            with open(tmp, "rb") as handle:
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
+            publish(tmp, path)
         elif changed:  # every sample dropped: no empty shard (as prep)
             path.unlink()
     finally:
@@ -225,7 +215,7 @@ def update_manifest(
 ) -> bool:
     """Set ``columns`` of ``manifest.parquet`` (added after the others, replaced if present) to
     ``values[key]`` (null where absent) and mark ``drops`` (key → (reason, detail)) failed.
-    Written to a temp file beside it and renamed; nothing is written when nothing changes.
+    Written atomically (:func:`cals.atomic.atomic_write`); nothing is written when nothing changes.
     Returns True when the manifest was rewritten."""
     path = Path(dataset_dir) / MANIFEST_FILE
     table = pq.read_table(path)
@@ -245,12 +235,8 @@ def update_manifest(
     new = pa.Table.from_pylist(rows, schema=schema)
     if new.schema.equals(table.schema) and new.equals(table):
         return False
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
+    with atomic_write(path) as tmp:
         pq.write_table(new, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return True
 
 
@@ -274,8 +260,8 @@ def manifest_values(
             if shard in shard_failures:
                 values[key][job.error_column] = shard_failures[shard][:DETAIL_CHARS]
     drops: dict[str, tuple[str, str]] = {}
-    report_dir = dataset_dir / f"_{job.name}"
-    for report_file in sorted(report_dir.glob("*.json")) if report_dir.is_dir() else []:
+    reports = dataset_dir / report_dir(job.name)
+    for report_file in sorted(reports.glob("*.json")) if reports.is_dir() else []:
         for key, record in json.loads(report_file.read_text(encoding="utf-8"))["records"].items():
             if record.get("status") == "dropped" and key not in in_shards:
                 values[key] = job.columns(None, record)

@@ -3,37 +3,39 @@
 ``ray.init()`` locally by default (``workers`` CPUs); ``address`` ("auto", "ray://host:port")
 joins an existing cluster, whose nodes must see ``out_dir`` and have cals installed.
 ``out_dir`` may be an fsspec URL (s3://, gs://, ...): every read and write goes through
-:class:`pipeline.storage.Storage`. Re-running the same command skips complete shards (resume).
+:class:`pipeline.storage.Storage`. Re-running the same command skips complete shards (resume:
+:mod:`pipeline.resume`). The shards are prepared on :mod:`pipeline.ray_pool`'s actor pool; a
+worker that dies is replaced and the clip it was on (its shard's marker) blamed.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
-import os
 import platform
 import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from cals import __version__ as cals_version
 from cals.constants import FPS
-from cals.data import MANIFEST_FILE, PREP_FILE
+from cals.layout import MANIFEST_FILE, PREP_FILE, part_name
 from cals.mel import MEL_PARAMS
 from cals.shard_format import FORMAT_VERSION
 from pipeline import PIPELINE_VERSION
-from pipeline.prepare_clip import PrepParams
 from pipeline.errors import ClipError
 from pipeline.io import ffmpeg_version, probe
 from pipeline.manifest import ClipSource, manifest_row, read_rows, write_parquet
+from pipeline.prepare_clip import PrepParams
+from pipeline.prepare_shard import ShardPlan, prepare_shard
+from pipeline.ray_pool import Bar, Blame, Report, retries, run_pool
+from pipeline.ray_session import prepare_environment
 from pipeline.recipes.folder import SPLITS, stable_fraction
-from pipeline.ray_session import prepare_environment, ray_session
-from pipeline.prepare_shard import PARTS_DIR, ShardPlan, marker_name, part_name, prepare_shard, shard_is_complete
+from pipeline.resume import clips_digest, crashed_clip, forget_failures, has_output, remove_unplanned, shard_is_complete
 from pipeline.storage import LocalStorage, Storage, open_storage
 
 log = logging.getLogger(__name__)
@@ -42,15 +44,14 @@ log = logging.getLogger(__name__)
 BYTES_PER_FRAME_ESTIMATE = 8_500
 #: Clips probed (a fixed, hash-chosen sample) to estimate the mean clip duration for planning.
 PLAN_PROBE_CLIPS = 32
-#: Memory Ray reserves per shard worker, so a node never runs more workers than it can hold
-#: (measured peak on a 10-minute 720p clip: see BENCHMARKS.md).
-TASK_MEMORY_BYTES = 1_500 * 1024**2
-#: Times Ray restarts a shard worker whose process died, and re-runs its shard.
-TASK_MAX_RETRIES = 2
 #: Deaths of a worker process on the same clip after which the clip is recorded as failed.
 CLIP_CRASH_LIMIT = 2
 #: Failure reasons that may pass on a second try (``--retry-failed`` redoes their shards).
 TRANSIENT_REASONS = ("worker_crash", "internal_error")
+#: Longest failure detail kept in the manifest.
+DETAIL_CHARS = 500
+
+
 class OutputMismatch(Exception):
     """The output folder holds a run prepared from other inputs or parameters."""
 
@@ -115,17 +116,6 @@ def plan_shards(clips_by_split: dict[str, list[ClipSource]], shard_mb: float, me
     return plans
 
 
-def source_digest(clips_by_split: dict[str, list[ClipSource]], params: PrepParams) -> str:
-    """SHA-256 of the parameters and every clip's full description (key, path, split, span,
-    crop, transcript, extra) and source file size: what resume must match."""
-    digest = hashlib.sha256(json.dumps(params.to_dict(), sort_keys=True).encode())
-    for split in SPLITS:
-        for clip in clips_by_split.get(split, []):
-            size = os.path.getsize(clip.path) if os.path.exists(clip.path) else -1
-            digest.update(json.dumps([clip.to_dict(), size], sort_keys=True, default=list).encode())
-    return digest.hexdigest()
-
-
 def versions() -> dict[str, str]:
     import importlib.metadata as md
 
@@ -183,52 +173,60 @@ class RunSummary:
         return table
 
 
-def _shard_worker_class():
-    """The Ray actor class (built lazily so importing this module does not import Ray).
+@dataclass(frozen=True)
+class ShardTask:
+    """One unit of prep's pool: a shard's plan, and the clips to record as failed without
+    processing them (key → (reason, detail)): those that killed CLIP_CRASH_LIMIT workers."""
 
-    One actor per CPU loads the detector once (``__init__``) and prepares shard after shard: the
-    Ray Data shape of "a model as a callable class on an actor pool". The driver replaces an
-    actor whose process died and re-queues its shard (at most TASK_MAX_RETRIES times).
-    """
-    import ray
+    plan: ShardPlan
+    skip: dict[str, tuple[str, str]] = field(default_factory=dict)
 
-    @ray.remote(num_cpus=1, memory=TASK_MEMORY_BYTES)
-    class ShardWorker:
-        def __init__(self, out_dir: str, params: PrepParams, progress_actor, fail_fast: bool) -> None:
-            from pipeline.stages.detect import make_detector
-
-            self.out_dir = open_storage(out_dir)
-            self.params = params
-            self.fail_fast = fail_fast
-            self.progress_actor = progress_actor
-            self.detector = make_detector(params.detector, params.mediapipe_model)
-
-        def __call__(self, plan: ShardPlan, skip: dict[str, tuple[str, str]]) -> list[dict[str, Any]]:
-            def report(clips: int, frames: int, failed: int) -> None:
-                self.progress_actor.add.remote(clips, frames, failed)
-
-            return prepare_shard(plan, self.out_dir, self.params, report, self.fail_fast, self.detector, skip)
-
-    return ShardWorker
+    def shard(self) -> str:
+        return self.plan.name
 
 
-def _progress_actor():
-    import ray
+@dataclass(frozen=True)
+class PrepWorker:
+    """Prep's :class:`~pipeline.ray_pool.WorkerFactory`: each actor loads the detector once,
+    then prepares shard after shard into the dataset folder ``out_dir`` (a path or URL)."""
 
-    @ray.remote(num_cpus=0)
-    class Progress:
-        def __init__(self) -> None:
-            self.clips = self.frames = self.failed = 0
+    out_dir: str
+    params: PrepParams
+    fail_fast: bool
 
-        def add(self, clips: int, frames: int, failed: int) -> None:
-            self.clips += clips
-            self.frames += frames
-            self.failed += failed
+    def start(self, report: Report) -> Callable[[ShardTask], list[dict[str, Any]]]:
+        from pipeline.stages.detect import make_detector
 
-        def snapshot(self) -> tuple[int, int, int]:
-            return self.clips, self.frames, self.failed
+        storage = open_storage(self.out_dir)
+        detector = make_detector(self.params.detector, self.params.mediapipe_model)
 
-    return Progress.remote()
+        def progress(clips: int, frames: int, failed: int) -> None:
+            report(clips, failed, frames)
+
+        def work(task: ShardTask) -> list[dict[str, Any]]:
+            return prepare_shard(task.plan, storage, self.params, progress, self.fail_fast, detector, task.skip)
+
+        return work
+
+
+def clip_blame(storage: Storage) -> Blame:
+    """Prep's :data:`~pipeline.ray_pool.Blame` hook: a worker death is charged to the clip its
+    shard's marker names, and the shard tried again (that clip skipped once it caused
+    CLIP_CRASH_LIMIT deaths); a death on no clip counts against the shard (at most
+    TASK_MAX_RETRIES retries)."""
+    crashes: Counter = Counter()  # worker deaths per clip key
+    retry = retries(ShardTask.shard)
+
+    def blame(task: ShardTask) -> Optional[ShardTask]:
+        key = crashed_clip(storage, task.plan.name)
+        if key is None:
+            return retry(task)
+        crashes[key] += 1
+        if crashes[key] < CLIP_CRASH_LIMIT:
+            return task
+        return ShardTask(task.plan, {**task.skip, key: ("worker_crash", f"the worker process died {crashes[key]} times while preparing this clip")})
+
+    return blame
 
 
 def run_prep(
@@ -268,23 +266,16 @@ def run_prep(
     if len(set(keys)) != len(keys):
         duplicated = sorted(k for k, n in Counter(keys).items() if n > 1)[:5]
         raise ValueError(f"sample keys must be unique; duplicated: {duplicated}")
-    digest = source_digest(clips_by_split, params)
+    digest = clips_digest(all_clips, params)
     previous = json.loads(storage.read_text(PREP_FILE)) if storage.exists(PREP_FILE) else None
-    has_output = bool(storage.glob(f"{PARTS_DIR}/*.parquet"))
-    if previous and has_output and previous.get("source_digest") != digest and not force:
+    if previous and has_output(storage) and previous.get("source_digest") != digest and not force:
         raise OutputMismatch(describe_mismatch(storage, previous, all_clips, params))
     plans = plan_shards(clips_by_split, shard_mb, estimate_clip_duration(all_clips))
     if force:
-        planned = {p.name for p in plans}
-        for stale in storage.glob("*.tar") + storage.glob(f"{PARTS_DIR}/*.parquet"):
-            if stale.rsplit("/", 1)[-1].split(".")[0] not in planned:
-                storage.remove(stale)
-    if retry_failed and storage.exists(MANIFEST_FILE):
-        retry = {r["key"] for r in read_rows(io.BytesIO(storage.read_bytes(MANIFEST_FILE))) if r["reason"] in TRANSIENT_REASONS}
-        for plan in plans:
-            if any(c.key in retry for c in plan.clips):
-                storage.remove(part_name(plan.name))
-    todo = [p for p in plans if not shard_is_complete(storage, p, params)]
+        remove_unplanned(storage, {p.name for p in plans})
+    if retry_failed:
+        forget_failures(storage, {p.name: p.clips for p in plans}, TRANSIENT_REASONS)
+    todo = [p for p in plans if not shard_is_complete(storage, p.name, p.clips, params)]
     prep_info = {
         "command": command or sys.argv,
         "parameters": params.to_dict(),
@@ -305,12 +296,11 @@ def run_prep(
     failed_tasks: dict[str, tuple[str, str]] = {}
     ray_start_s = process_s = 0.0
     if todo:
-        ray_started = time.time()
-        with ray_session(workers, address):
-            ray_start_s = time.time() - ray_started
-            process_started = time.time()
-            failed_tasks = _run_tasks(todo, storage, params, fail_fast, show_progress, len(all_clips) - sum(len(p.clips) for p in todo), len(all_clips), workers)
-            process_s = time.time() - process_started
+        bar = Bar("clips", total=len(all_clips), completed=len(all_clips) - sum(len(p.clips) for p in todo), rate=True)
+        pool = run_pool([ShardTask(p) for p in todo], PrepWorker(storage.location, params, fail_fast), bar, name=ShardTask.shard,
+                        blame=clip_blame(storage), workers=workers, address=address, fail_fast=fail_fast, show_progress=show_progress)
+        failed_tasks = {shard: (reason, detail[:DETAIL_CHARS]) for shard, (reason, detail) in pool.failures.items()}
+        ray_start_s, process_s = pool.ray_start_s, pool.process_s
 
     rows = []
     for plan in plans:
@@ -345,88 +335,3 @@ def run_prep(
     if show_progress:
         Console(stderr=True).print(summary.table())
     return summary
-
-
-def _task_failure(error: Exception) -> tuple[str, str]:
-    """(reason, detail) for a shard Ray gave up on."""
-    import ray
-
-    crashed = isinstance(error, (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError))
-    lines = [line for line in str(error).splitlines() if line.strip()]
-    return ("worker_crash" if crashed else "internal_error", (lines[-1] if lines else type(error).__name__)[:500])
-
-
-def _run_tasks(todo, storage: Storage, params, fail_fast, show_progress, already_done, total, workers) -> dict[str, tuple[str, str]]:
-    """Feed shards to an actor pool with a progress bar; returns shard → (reason, detail) of failures."""
-    from collections import deque
-
-    import ray
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    failed_tasks: dict[str, tuple[str, str]] = {}
-    worker_class = _shard_worker_class()
-    progress_actor = _progress_actor()
-    size = max(1, min(len(todo), workers or int(ray.cluster_resources().get("CPU", 1))))
-    make_actor = lambda: worker_class.remote(storage.location, params, progress_actor, fail_fast)  # noqa: E731
-    actors = [make_actor() for _ in range(size)]
-    queue = deque(todo)
-    attempts: Counter = Counter()  # worker deaths not pinned on a clip, per shard
-    crashes: Counter = Counter()  # worker deaths per clip key
-    skip: dict[str, dict[str, tuple[str, str]]] = {p.name: {} for p in todo}
-    in_flight: dict[Any, tuple[int, ShardPlan]] = {}
-
-    def submit(slot: int) -> None:
-        if queue:
-            plan = queue.popleft()
-            in_flight[actors[slot].__call__.remote(plan, skip[plan.name])] = (slot, plan)
-
-    def blame(plan: ShardPlan) -> bool:
-        """After a worker death on ``plan``: charge the clip it was on (or the shard); True
-        when the shard should be tried again."""
-        marker = marker_name(plan.name)
-        try:
-            key = storage.read_text(marker).strip() if storage.exists(marker) else None
-        except FileNotFoundError:
-            key = None
-        if key:
-            crashes[key] += 1
-            if crashes[key] >= CLIP_CRASH_LIMIT:
-                skip[plan.name][key] = ("worker_crash", f"the worker process died {crashes[key]} times while preparing this clip")
-            return True
-        attempts[plan.name] += 1
-        return attempts[plan.name] <= TASK_MAX_RETRIES
-
-    for slot in range(size):
-        submit(slot)
-    columns = [
-        TextColumn("[bold]clips"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[fps]:>7.1f} frames/s  failed {task.fields[failed]}"),
-        TimeElapsedColumn(),
-    ]
-    started = time.time()
-    with Progress(*columns, console=Console(stderr=True), disable=not show_progress, transient=False) as bar:
-        bar_id = bar.add_task("prep", total=total, completed=already_done, fps=0.0, failed=0)
-        while in_flight:
-            done, _ = ray.wait(list(in_flight), num_returns=len(in_flight), timeout=0.5)
-            for ref in done:
-                slot, plan = in_flight.pop(ref)
-                try:
-                    ray.get(ref)
-                except ray.exceptions.RayError as error:
-                    if fail_fast:
-                        raise
-                    if isinstance(error, ray.exceptions.RayActorError):
-                        actors[slot] = make_actor()  # the process died: a fresh worker takes the slot
-                        if blame(plan):
-                            queue.appendleft(plan)
-                            submit(slot)
-                            continue
-                    failed_tasks[plan.name] = _task_failure(error)
-                    log.error("shard %s failed: %s", plan.name, failed_tasks[plan.name][1])
-                submit(slot)
-            clips, frames, failed = ray.get(progress_actor.snapshot.remote())
-            bar.update(bar_id, completed=already_done + clips, fps=frames / max(time.time() - started, 1e-9), failed=failed)
-    return failed_tasks

@@ -7,7 +7,7 @@ local file first (:meth:`Storage.staged`), then published under its final name i
 (:meth:`Storage.put_file`), so a crash never leaves a partial file or object under a final name.
 
 - :class:`LocalStorage`: the temp file sits beside its final name (``.NAME.tmp-XXXXXXXX``) and
-  is fsynced and renamed (``os.replace``).
+  is fsynced and renamed (:mod:`cals.atomic`, as every local atomic write).
 - :class:`FsspecStorage`: the temp file sits in a local staging folder. On an object store
   (:data:`ATOMIC_PUT_PROTOCOLS`) one upload publishes it: an object appears only when its PUT
   (or multipart upload) completes. On any other fsspec filesystem (``file://``, sftp, ...) it is
@@ -27,20 +27,14 @@ import tempfile
 import uuid
 import weakref
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Sequence
 
+from cals.atomic import publish, temp_name
 from cals.data import is_url, url_filesystem
+from cals.layout import PARTS_DIR, PREP_TEMP_GLOBS
 
 #: fsspec protocols whose single upload is atomic (object stores): no temp object, no rename.
 ATOMIC_PUT_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oss", "r2"})
-#: Names of temp files (beside their final name) and of worker markers: removed by :meth:`Storage.clean`.
-TEMP_GLOBS = (".*.tmp-*", "_parts/.*")
-
-
-def temp_name(name: str) -> str:
-    """``dir/.base.tmp-XXXXXXXX`` for ``dir/base``: hidden, unique, beside the final name."""
-    folder, base = posixpath.split(name)
-    return posixpath.join(folder, f".{base}.tmp-{uuid.uuid4().hex[:8]}")
 
 
 class Storage:
@@ -109,9 +103,10 @@ class Storage:
     def write_text(self, name: str, text: str) -> None:
         self.write_bytes(name, text.encode("utf-8"))
 
-    def clean(self) -> None:
-        """Remove temp files and worker markers an interrupted run left (:data:`TEMP_GLOBS`)."""
-        for pattern in TEMP_GLOBS:
+    def clean(self, patterns: Sequence[str] = PREP_TEMP_GLOBS) -> None:
+        """Remove what an interrupted run left: the names matching ``patterns`` (default: prep's
+        temp files and worker markers, :data:`cals.layout.PREP_TEMP_GLOBS`)."""
+        for pattern in patterns:
             for name in self.glob(pattern):
                 self.remove(name)
 
@@ -127,8 +122,6 @@ class LocalStorage(Storage):
         return str(self.root / name) if name else str(self.root)
 
     def makedirs(self) -> None:
-        from pipeline.prepare_shard import PARTS_DIR
-
         (self.root / PARTS_DIR).mkdir(parents=True, exist_ok=True)
 
     def exists(self, name: str) -> bool:
@@ -158,9 +151,7 @@ class LocalStorage(Storage):
                 beside.unlink(missing_ok=True)
             source.unlink()
             return
-        with open(source, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(source, final)
+        publish(source, final)
 
 
 class FsspecStorage(Storage):
@@ -189,8 +180,6 @@ class FsspecStorage(Storage):
 
     def makedirs(self) -> None:
         if not self.atomic_put:  # object stores have no folders
-            from pipeline.prepare_shard import PARTS_DIR
-
             self.fs.makedirs(self._full(PARTS_DIR), exist_ok=True)
 
     def exists(self, name: str) -> bool:

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cals.data import MANIFEST_FILE, PREP_FILE, shard_paths
+from cals.data import shard_paths
+from cals.layout import MANIFEST_FILE, PREP_FILE
 from cals.mel import MEL_PARAMS, log_mel
 from cals.shard_format import check_members, check_sample, decode_sample
 

@@ -9,9 +9,7 @@ and per checkpoint ``ckpt-<step>.safetensors`` (model weights: what inference lo
 from __future__ import annotations
 
 import json
-import os
 import random
-import uuid
 from pathlib import Path
 from typing import Any, Optional
 
@@ -19,16 +17,15 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from cals.atomic import atomic_write
+
 CONFIG_FILE = "config.json"
 LATEST_FILE = "latest.json"
 
 
 def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    write(tmp)
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        write(tmp)
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

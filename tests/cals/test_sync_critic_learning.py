@@ -27,7 +27,8 @@ import pytest
 import torch
 
 from cals.constants import AUDIO_SAMPLES_PER_FRAME
-from cals.data import MANIFEST_FILE, iter_samples
+from cals.data import iter_samples
+from cals.layout import MANIFEST_FILE
 from cals.losses import multiway_chance_loss, multiway_matching_loss
 from cals.models.sync_critic import SyncCriticConfig, embed_clip, load_critic
 from cals.sync_score import score_embeddings

@@ -14,7 +14,8 @@ import pandas as pd
 import pytest
 
 from cals.constants import AUDIO_SAMPLES_PER_FRAME, FPS, MEL_ROWS_PER_FRAME, SAMPLE_RATE
-from cals.data import MANIFEST_FILE, PREP_FILE, iter_samples
+from cals.data import iter_samples
+from cals.layout import MANIFEST_FILE, PREP_FILE
 from cals.mel import MEL_PARAMS
 from cals.shard_format import check_sample
 from pipeline.prepare_clip import PrepParams

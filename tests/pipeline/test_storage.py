@@ -10,7 +10,8 @@ import sys
 
 import pytest
 
-from cals.data import MANIFEST_FILE, PREP_FILE, iter_samples, shard_paths
+from cals.data import iter_samples, shard_paths
+from cals.layout import MANIFEST_FILE, PREP_FILE
 from pipeline.storage import FsspecStorage, LocalStorage, open_storage
 from tests.conftest import FIXTURE_VIDEO, needs_fixtures
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from cals.data import MANIFEST_FILE
+from cals.layout import MANIFEST_FILE
 from pipeline.prepare_clip import PrepParams
 from pipeline.recipes.folder import prepare_folder
 from pipeline.run import OutputMismatch, run_prep
@@ -153,12 +153,14 @@ def test_retry_failed_redoes_only_transient_failures(tmp_path):
     out = tmp_path / "out"
     run_prep(prepare_folder(root, val=0, test=0), out, PrepParams(), shard_mb=TINY_SHARDS, workers=1, show_progress=False)
     # Pretend one shard's clip failed transiently: drop its tar and mark its row.
-    from pipeline.manifest import atomic_write_parquet, read_metadata, read_rows
+    from cals.atomic import atomic_write
+    from pipeline.manifest import read_metadata, read_rows, write_parquet
 
     part = sorted((out / "_parts").glob("*.parquet"))[1]
     rows, metadata = read_rows(part), read_metadata(part)
     rows[0].update(status="failed", reason="worker_crash", detail="injected", shard=None)
-    atomic_write_parquet(rows, part, metadata)
+    with atomic_write(part) as tmp:
+        write_parquet(rows, tmp, metadata)
     (out / f"{part.stem}.tar").unlink()
     clips = prepare_folder(root, val=0, test=0)
     stale = run_prep(clips, out, PrepParams(), shard_mb=TINY_SHARDS, workers=1, show_progress=False)

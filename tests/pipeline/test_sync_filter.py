@@ -15,7 +15,8 @@ import pytest
 import webdataset as wds
 
 from cals.constants import AUDIO_SAMPLES_PER_FRAME
-from cals.data import MANIFEST_FILE, iter_samples
+from cals.data import iter_samples
+from cals.layout import MANIFEST_FILE
 from cals.mel import log_mel
 from cals.models.syncnet_v2 import load_syncnet_v2
 from cals.shard_format import ClipSample, check_members, decode_sample, encode_sample, update_sample

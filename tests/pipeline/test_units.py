@@ -16,7 +16,8 @@ import pytest
 import torch
 import webdataset as wds
 
-from cals.data import MANIFEST_FILE, iter_samples
+from cals.data import iter_samples
+from cals.layout import MANIFEST_FILE
 from cals.models.syncnet_v2 import load_syncnet_v2
 from cals.shard_format import check_members
 from pipeline.rewrite import manifest_values, read_report, rewrite_shard, scan_shard, update_manifest

@@ -1,0 +1,50 @@
+"""Local files that appear complete or not at all: write a hidden temp file beside the target,
+fsync it, then ``os.replace`` it over the target (atomic on one filesystem).
+
+The one home of the temp-name pattern, ``.NAME.tmp-XXXXXXXX`` (:data:`TEMP_GLOB`), which the
+cleaners of an interrupted run look for (:data:`cals.layout.PREP_TEMP_GLOBS`). Used by prep's
+local storage, the shard rewrites and the training checkpoints.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+#: Glob of the temp files :func:`temp_name` makes (one folder level).
+TEMP_GLOB = ".*.tmp-*"
+
+
+def temp_name(name: str) -> str:
+    """``dir/.base.tmp-XXXXXXXX`` for the ``/``-separated ``dir/base``: hidden, unique, beside it."""
+    folder, base = posixpath.split(name)
+    return posixpath.join(folder, f".{base}.tmp-{uuid.uuid4().hex[:8]}")
+
+
+def temp_path(path: str | Path) -> Path:
+    """A fresh :func:`temp_name` beside the local file ``path``."""
+    path = Path(path)
+    return path.with_name(temp_name(path.name))
+
+
+def publish(tmp: str | Path, path: str | Path) -> None:
+    """fsync the finished local file ``tmp`` and rename it over ``path`` (same folder)."""
+    with open(tmp, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+@contextmanager
+def atomic_write(path: str | Path) -> Iterator[Path]:
+    """``with atomic_write(path) as tmp: write tmp`` → ``path`` holds the new content at the end
+    of the block, or its old one (the temp file is removed if the block raises)."""
+    tmp = temp_path(path)
+    try:
+        yield tmp
+        publish(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

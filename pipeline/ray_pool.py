@@ -1,0 +1,199 @@
+"""The one Ray actor pool of the pipeline: prep (:mod:`pipeline.run`) and the shard jobs
+(:mod:`pipeline.rewrite_run`: ``cals-prep units``, ``cals-prep sync``) feed their units of work
+(one shard each) through :func:`run_pool`. With :mod:`pipeline.ray_session` (the one
+``ray.init``), the only module that imports Ray; the only one that defines Ray actors.
+
+- **Workers.** Each ``ShardWorker`` actor calls the caller's :class:`WorkerFactory` once in
+  ``__init__`` (it loads the detector or the model) and then the function it returned on unit
+  after unit (``__call__``): the "model as a callable class on an actor pool" shape of Ray Data.
+  Each reserves 1 CPU and :data:`TASK_MEMORY_BYTES`, plus 1 GPU when ``gpus`` (the pool then
+  has one actor per GPU).
+- **Dead workers.** An actor whose process died is replaced, and the caller's :data:`Blame` hook
+  decides what happens to its unit: prep pins the death on the clip named in the shard's marker
+  file and skips that clip once it killed :data:`pipeline.run.CLIP_CRASH_LIMIT` workers;
+  :func:`retries` (the shard jobs) tries the unit again up to :data:`TASK_MAX_RETRIES` times.
+- **Failures.** A unit Ray gave up on is returned as ``(reason, last line of the error)``,
+  reason ``worker_crash`` or ``internal_error`` (:func:`failure`); ``fail_fast`` re-raises.
+- **Progress.** Workers report ``(done, failed, frames)`` to a progress actor; the driver shows
+  them on a rich progress bar (:class:`Bar`).
+
+Why not Ray Data ``map_batches(Cls, compute=ActorPoolStrategy(size=n))``: a batch that kills its
+actor is retried by Ray Data as a whole and, past its retries, fails the dataset; it cannot tell
+which clip of the batch killed the process, so one bad clip would sink its whole shard (or the
+run). Blaming the clip needs the marker file read between a death and the retry, i.e. a driver
+of our own. This one is small: a queue, ``ray.wait``, and one actor per slot.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Protocol, Sequence, TypeVar
+
+from pipeline.ray_session import ray_session
+
+log = logging.getLogger(__name__)
+
+#: Memory Ray reserves per worker, so a node never runs more workers than it can hold
+#: (measured peak on a 10-minute 720p clip: see BENCHMARKS.md).
+TASK_MEMORY_BYTES = 1_500 * 1024**2
+#: Times a unit is tried again after its worker process died (when the death is not pinned on a clip).
+TASK_MAX_RETRIES = 2
+
+Unit = TypeVar("Unit")
+#: ``report(done, failed, frames)``: a worker's progress (units of the bar, failures, video frames).
+Report = Callable[[int, int, int], None]
+#: After a worker died on a unit: the unit to try again (possibly changed), or None to give up.
+Blame = Callable[[Any], Optional[Any]]
+
+
+class WorkerFactory(Protocol):
+    """Picklable and light (sent to every actor): :meth:`start` loads what the work needs."""
+
+    def start(self, report: Report) -> Callable[[Any], Any]:
+        """Load the model/detector once; return the function that does one unit of work."""
+
+
+@dataclass(frozen=True)
+class Bar:
+    """The progress bar: ``label`` before it, ``total`` units (``completed`` already done before
+    the run), and a frames/s column when ``rate``."""
+
+    label: str
+    total: int
+    completed: int = 0
+    rate: bool = False
+
+
+@dataclass
+class PoolResult:
+    """What :func:`run_pool` did: unit name → the worker's return value, or → ``(reason, detail)``."""
+
+    results: dict[str, Any] = field(default_factory=dict)
+    failures: dict[str, tuple[str, str]] = field(default_factory=dict)
+    ray_start_s: float = 0.0  # ray.init (0 when Ray was already up)
+    process_s: float = 0.0  # the pool working through the units
+
+
+def retries(name: Callable[[Any], str] = str, limit: int = TASK_MAX_RETRIES) -> Blame:
+    """A :data:`Blame` hook that tries a unit again after each of its first ``limit`` worker deaths."""
+    deaths: Counter = Counter()
+
+    def blame(unit: Any) -> Optional[Any]:
+        deaths[name(unit)] += 1
+        return unit if deaths[name(unit)] <= limit else None
+
+    return blame
+
+
+def failure(error: Exception) -> tuple[str, str]:
+    """``(reason, last non-empty line of the error)`` for a unit Ray gave up on."""
+    import ray
+
+    crashed = isinstance(error, (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError))
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    return ("worker_crash" if crashed else "internal_error", lines[-1] if lines else type(error).__name__)
+
+
+def run_pool(
+    units: Sequence[Unit],
+    factory: WorkerFactory,
+    bar: Bar,
+    *,
+    name: Callable[[Unit], str] = str,
+    blame: Optional[Blame] = None,
+    workers: Optional[int] = None,
+    address: Optional[str] = None,
+    gpus: bool = False,
+    fail_fast: bool = False,
+    show_progress: bool = True,
+) -> PoolResult:
+    """Start (or join) Ray and work through ``units`` on a pool of ``workers`` actors (default:
+    one per CPU, or per GPU with ``gpus``, of the cluster; never more than units). ``blame``
+    defaults to :func:`retries` (module docstring)."""
+    result = PoolResult()
+    ray_started = time.time()
+    with ray_session(workers, address) as ray:
+        result.ray_start_s = time.time() - ray_started
+        process_started = time.time()
+        _feed(ray, units, factory, bar, name, blame or retries(name), workers, gpus, fail_fast, show_progress, result)
+        result.process_s = time.time() - process_started
+    return result
+
+
+def _actor_classes(ray: Any) -> tuple[Any, Any]:
+    """The worker and progress actor classes (built on use, so importing this module does not import Ray)."""
+
+    @ray.remote
+    class ShardWorker:
+        def __init__(self, factory: WorkerFactory, progress: Any) -> None:
+            self.work = factory.start(lambda done, failed, frames: progress.add.remote(done, failed, frames))
+
+        def __call__(self, unit: Any) -> Any:
+            return self.work(unit)
+
+    @ray.remote(num_cpus=0)
+    class Progress:
+        def __init__(self) -> None:
+            self.done = self.failed = self.frames = 0
+
+        def add(self, done: int, failed: int, frames: int) -> None:
+            self.done += done
+            self.failed += failed
+            self.frames += frames
+
+        def snapshot(self) -> tuple[int, int, int]:
+            return self.done, self.failed, self.frames
+
+    return ShardWorker, Progress
+
+
+def _feed(ray: Any, units: Sequence[Any], factory: WorkerFactory, bar: Bar, name: Callable[[Any], str], blame: Blame,
+          workers: Optional[int], gpus: bool, fail_fast: bool, show_progress: bool, result: PoolResult) -> None:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    worker_class, progress_class = _actor_classes(ray)
+    worker_class = worker_class.options(num_cpus=1, num_gpus=1 if gpus else 0, memory=TASK_MEMORY_BYTES)
+    progress_actor = progress_class.remote()
+    size = max(1, min(len(units), workers or int(ray.cluster_resources().get("GPU" if gpus else "CPU", 1))))
+    make_actor = lambda: worker_class.remote(factory, progress_actor)  # noqa: E731
+    actors = [make_actor() for _ in range(size)]
+    queue = deque(units)
+    in_flight: dict[Any, tuple[int, Any]] = {}
+
+    def submit(slot: int) -> None:
+        if queue:
+            unit = queue.popleft()
+            in_flight[actors[slot].__call__.remote(unit)] = (slot, unit)
+
+    for slot in range(size):
+        submit(slot)
+    rate = "{task.fields[fps]:>7.1f} frames/s  " if bar.rate else ""
+    columns = [TextColumn(f"[bold]{bar.label}"), BarColumn(), MofNCompleteColumn(), TextColumn(rate + "failed {task.fields[failed]}"), TimeElapsedColumn()]
+    started = time.time()
+    with Progress(*columns, console=Console(stderr=True), disable=not show_progress, transient=False) as shown:
+        bar_id = shown.add_task(bar.label, total=bar.total, completed=bar.completed, fps=0.0, failed=0)
+        while in_flight:
+            done, _ = ray.wait(list(in_flight), num_returns=len(in_flight), timeout=0.5)
+            for ref in done:
+                slot, unit = in_flight.pop(ref)
+                try:
+                    result.results[name(unit)] = ray.get(ref)
+                except ray.exceptions.RayError as error:
+                    if fail_fast:
+                        raise
+                    if isinstance(error, ray.exceptions.RayActorError):
+                        actors[slot] = make_actor()  # the process died: a fresh worker takes the slot
+                        again = blame(unit)
+                        if again is not None:
+                            queue.appendleft(again)
+                            submit(slot)
+                            continue
+                    result.failures[name(unit)] = failure(error)
+                    log.error("shard %s failed: %s: %s", name(unit), *result.failures[name(unit)])
+                submit(slot)
+            units_done, failed, frames = ray.get(progress_actor.snapshot.remote())
+            shown.update(bar_id, completed=bar.completed + units_done, fps=frames / max(time.time() - started, 1e-9), failed=failed)
