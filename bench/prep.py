@@ -37,30 +37,42 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional, Sequence
 
-from cals.constants import FPS
-from pipeline.prepare_clip import PrepParams
-from pipeline.errors import ClipError
-from pipeline.io import iter_frames, probe
-from pipeline.manifest import ClipSource
-from pipeline.recipes.folder import SPLITS, prepare_folder
-from pipeline.recipes.lrs2 import CORPUS_FOLDER, MAIN_LIST_FILES, MAIN_SUBSET, prepare_lrs2
-from pipeline.ray_session import WORKER_ENV
-from pipeline.run import (
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # tests.fixture_builders, as bench/train.py imports tests.*
+
+from cals.constants import FPS  # noqa: E402
+from pipeline.io import iter_frames, probe  # noqa: E402
+from pipeline.manifest import ClipSource  # noqa: E402
+from pipeline.prepare_clip import PrepParams  # noqa: E402
+from pipeline.recipes.folder import SPLITS, prepare_folder  # noqa: E402
+from pipeline.recipes.lrs2 import MAIN_SUBSET, prepare_lrs2  # noqa: E402
+from pipeline.ray_session import WORKER_ENV  # noqa: E402
+from pipeline.run import (  # noqa: E402
     BYTES_PER_FRAME_ESTIMATE,
     RunSummary,
     estimate_clip_duration,
     plan_shards,
     run_prep,
 )
-from pipeline.stages.detect import DETECTORS, make_detector
-from pipeline.stages.face import detected_stream
+from pipeline.stages.detect import DETECTORS, make_detector  # noqa: E402
+from pipeline.stages.face import detected_stream  # noqa: E402
+from tests.fixture_builders import (  # noqa: E402
+    LONG_HEIGHT,
+    LONG_WIDTH,
+    LRS2_CLIP_SECONDS,
+    LRS2_SIZE,
+    Lrs2Tree,
+    build_corpus,
+    build_long_clip,
+    build_lrs2_tree,
+    corpus_videos,
+)
 
 #: Where the fixture clips live, and which of them (talking faces with speech) make the corpus.
-FIXTURE_DIR = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "video"
+FIXTURE_DIR = REPO.parent / "shared" / "fixtures" / "video"
 FIXTURE_GLOB = "talk_*.mp4"
 #: Fixture scaled and padded to 1280x720 and looped into the long clip of the memory test.
 LONG_SOURCE = "talk_aoc2_retalking.mp4"
-LONG_WIDTH, LONG_HEIGHT = 1280, 720
 
 DEFAULT_MINUTES = 2.0
 DEFAULT_LONG_MINUTES = 10.0
@@ -70,9 +82,6 @@ DEFAULT_DETECTOR = "mediapipe"
 SHARD_MB = 1e-3
 #: Shards the end-to-end runs should have so that two workers both get work.
 MIN_SHARDS = 4
-#: Accept a stream-copied loop whose duration is at least this share of the one asked for.
-LOOP_DURATION_TOLERANCE = 0.9
-
 #: Targets: end to end >= 60 % of the decode+detect floor, 2 workers >= 1.7x one worker,
 #: peak RSS of one worker < 1.5 GB on the long 720p clip.
 TARGET_E2E_OVER_FLOOR = 0.60
@@ -82,18 +91,6 @@ TARGET_PEAK_RSS_BYTES = 1_500_000_000
 #: The fake LRS2 main tree: clips of this length, cut from the fixtures in order (looped when a
 #: fixture runs out), 160x160 like the release, this many clips per <video_id> folder.
 DEFAULT_LRS2_CLIPS = 120
-LRS2_CLIP_SECONDS = 2.0
-LRS2_SIZE = 160
-LRS2_CLIPS_PER_FOLDER = 10
-#: Folder names: 19-digit numbers like the release's BBC programme ids.
-LRS2_FOLDER_ID_BASE = 6_000_000_000_000_000_000
-#: Split of the i-th clip: i % LRS2_SPLIT_EVERY == LRS2_SPLIT_SLOTS[split] for val and test, else
-#: train. Test lines carry a flag as in the release ("<video_id>/<utt> NF").
-LRS2_SPLIT_EVERY = 10
-LRS2_SPLIT_SLOTS = {"val": 8, "test": 9}
-LRS2_TEST_FLAG = "NF"
-LRS2_TEXT = "Text:  {text}\nConf:  {conf}\n"
-LRS2_WORDS = ("THE", "PEOPLE", "WHO", "WORK", "HERE", "KNOW", "WHAT", "THEY", "ARE", "DOING", "EVERY", "DAY")
 #: Detectors run end to end on the LRS2 tree (both on 1 worker); resume is timed with the last.
 LRS2_DETECTORS = ("mediapipe", "none")
 LRS2_RESUME_DETECTOR = "none"
@@ -103,46 +100,10 @@ LRS2_SUBSET_HOURS = {"main": 29.0, "pretrain": 195.0}
 PROJECTION_MACHINES = (("one 16-core node", 16), ("256-core Ray cluster", 256))
 #: Cores one worker really keeps busy (Python + its ffmpeg decoder process; measured 1.3-1.5).
 CORES_PER_WORKER_CONSERVATIVE = 1.4
-#: Encoder settings of the LRS2 clips: H.264 as above, AAC 16 kHz mono, a keyframe at every cut.
-LRS2_AAC_ARGS = ["-c:a", "aac", "-b:a", "64k", "-ar", "16000", "-ac", "1"]
 
 KIB = 1024
 MIB = 1024**2
 GIB = 1024**3
-
-#: Encoder settings for every clip this script has to (re-)encode.
-X264_ARGS = ["-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p"]
-AAC_ARGS = ["-c:a", "aac", "-b:a", "128k"]
-FFMPEG_BASE = ["ffmpeg", "-nostdin", "-hide_banner", "-v", "error", "-y"]
-
-#: Run in a child process: prepare the long clip once, print its peak memory and timing as JSON.
-RSS_CHILD_CODE = """
-import json, resource, sys, time
-import cv2
-cv2.setNumThreads(1)
-from pipeline.prepare_clip import PrepParams, process_clip
-from pipeline.manifest import ClipSource
-from pipeline.stages.detect import make_detector
-
-path, detector_name = sys.argv[1], sys.argv[2]
-params = PrepParams(detector=detector_name)
-detector = make_detector(params.detector, params.mediapipe_model)
-source = ClipSource(key="long", path=path, dataset="bench", split="train", speaker="long")
-started = time.perf_counter()
-result = process_clip(source, params, detector)
-wall_s = time.perf_counter() - started
-detector.close()
-with open("/proc/self/status") as handle:
-    status = dict(line.split(":", 1) for line in handle if ":" in line)
-print(json.dumps({
-    "frames": result.fields["num_frames"],
-    "wall_s": wall_s,
-    "sample_bytes": sum(len(v) for v in result.sample.values() if isinstance(v, bytes)),
-    "vm_hwm_kib": int(status["VmHWM"].split()[0]),
-    "maxrss_self_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-    "maxrss_ffmpeg_kib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
-}))
-"""
 
 
 # ----------------------------------------------------------------------------- results
@@ -191,20 +152,6 @@ class LongClip:
 
 
 @dataclass(frozen=True)
-class Lrs2Tree:
-    """The fake LRS2 release: its folder, clips per split, ``<video_id>`` folders and seconds."""
-
-    root: Path
-    split_counts: dict[str, int]
-    folders: int
-    seconds: float
-
-    @property
-    def clips(self) -> int:
-        return sum(self.split_counts.values())
-
-
-@dataclass(frozen=True)
 class Resume:
     """run_prep run again on a finished output: its wall time and what it skipped."""
 
@@ -242,160 +189,7 @@ def verdict(ok: bool) -> str:
     return "PASS" if ok else "MISS"
 
 
-# ----------------------------------------------------------------------------- inputs
-
-
-def run_ffmpeg(args: Sequence[str]) -> None:
-    """Run ffmpeg with an argument list (no shell); raise RuntimeError with its stderr on failure."""
-    result = subprocess.run([*FFMPEG_BASE, *args], capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise RuntimeError(f"ffmpeg {' '.join(args)} failed: {result.stderr.strip()[-2000:]}")
-
-
-def loop_clip(source: Path, target: Path, seconds: float, reencode: bool) -> None:
-    """Write ``source`` looped to ``seconds`` into ``target`` (stream copy or H.264/AAC), atomically."""
-    tmp = target.with_name(f".{target.stem}.tmp{target.suffix}")
-    codec = [*X264_ARGS, *AAC_ARGS] if reencode else ["-c", "copy"]
-    run_ffmpeg(["-stream_loop", "-1", "-i", str(source), "-t", f"{seconds:.3f}", *codec, str(tmp)])
-    os.replace(tmp, target)
-
-
-def loop_is_usable(path: Path, seconds: float) -> bool:
-    """True when ffprobe reads ``path`` and it lasts about ``seconds``."""
-    try:
-        return probe(path).duration_s >= LOOP_DURATION_TOLERANCE * seconds
-    except ClipError:
-        return False
-
-
-def build_corpus(fixtures: list[Path], corpus: Path, minutes: float) -> float:
-    """Loop every fixture to an equal length so the corpus holds >= ``minutes`` of video.
-
-    Layout ``corpus/<speaker>/<speaker>_loop.mp4`` with the fixture's stem as speaker.
-    Returns the seconds of each clip.
-    """
-    seconds = float(math.ceil(minutes * 60 / len(fixtures)))
-    if corpus.exists():
-        shutil.rmtree(corpus)
-    for fixture in fixtures:
-        folder = corpus / fixture.stem
-        folder.mkdir(parents=True)
-        target = folder / f"{fixture.stem}_loop.mp4"
-        loop_clip(fixture, target, seconds, reencode=False)
-        if not loop_is_usable(target, seconds):
-            loop_clip(fixture, target, seconds, reencode=True)
-    return seconds
-
-
-def build_long_clip(fixture: Path, folder: Path, minutes: float) -> Path:
-    """A ``minutes``-long 1280x720 25 fps H.264/AAC talking-face clip (reused if already built).
-
-    One loop of ``fixture`` is scaled, padded and encoded once, then stream-copied in a loop.
-    """
-    seconds = minutes * 60
-    target = folder / f"long_{LONG_WIDTH}x{LONG_HEIGHT}_{seconds:.0f}s.mp4"
-    if target.is_file() and loop_is_usable(target, seconds):
-        return target
-    folder.mkdir(parents=True, exist_ok=True)
-    segment = folder / f"segment_{LONG_WIDTH}x{LONG_HEIGHT}.mp4"
-    scale_pad = (
-        f"scale={LONG_WIDTH}:{LONG_HEIGHT}:force_original_aspect_ratio=decrease,"
-        f"pad={LONG_WIDTH}:{LONG_HEIGHT}:(ow-iw)/2:(oh-ih)/2,setsar=1,fps={FPS}"
-    )
-    run_ffmpeg(["-i", str(fixture), "-vf", scale_pad, *X264_ARGS, *AAC_ARGS, str(segment)])
-    loop_clip(segment, target, seconds, reencode=False)
-    if not loop_is_usable(target, seconds):
-        loop_clip(segment, target, seconds, reencode=True)
-    return target
-
-
-def corpus_videos(corpus: Path) -> list[Path]:
-    """The corpus clips, in the order prepare_folder lists them."""
-    clips = prepare_folder(corpus, val=0, test=0)
-    return [Path(c.path) for split in clips.values() for c in split]
-
-
-def lrs2_transcript(index: int) -> str:
-    """A made-up upper-case sentence of 3 to 6 words for the ``index``-th clip (deterministic)."""
-    count = 3 + index % 4
-    return " ".join(LRS2_WORDS[(index * 5 + k) % len(LRS2_WORDS)] for k in range(count))
-
-
-def lrs2_split(index: int) -> str:
-    """The split of the ``index``-th clip: val or test once every LRS2_SPLIT_EVERY clips, else train."""
-    slot = index % LRS2_SPLIT_EVERY
-    return next((split for split, wanted in LRS2_SPLIT_SLOTS.items() if slot == wanted), "train")
-
-
-def cut_lrs2_pieces(fixture: Path, folder: Path, pieces: int) -> list[Path]:
-    """Cut ``fixture`` (looped when it runs out) into ``pieces`` consecutive LRS2-like clips.
-
-    One ffmpeg pass into the new ``folder``: the centre square scaled to LRS2_SIZE², 25 fps H.264
-    with a keyframe at every cut, AAC 16 kHz mono, split by the segment muxer. Returns the pieces
-    in order; raises RuntimeError when ffmpeg made fewer.
-    """
-    folder.mkdir(parents=True)
-    square = f"crop='min(iw,ih)':'min(iw,ih)',scale={LRS2_SIZE}:{LRS2_SIZE},setsar=1,fps={FPS}"
-    run_ffmpeg(
-        [
-            "-stream_loop", "-1", "-i", str(fixture), "-t", f"{pieces * LRS2_CLIP_SECONDS:.3f}",
-            "-vf", square, "-force_key_frames", f"expr:gte(t,n_forced*{LRS2_CLIP_SECONDS:g})",
-            *X264_ARGS, *LRS2_AAC_ARGS,
-            "-f", "segment", "-segment_time", f"{LRS2_CLIP_SECONDS:g}", "-segment_format", "mp4",
-            "-reset_timestamps", "1", str(folder / "piece_%05d.mp4"),
-        ]
-    )
-    found = sorted(folder.glob("piece_*.mp4"))
-    if len(found) < pieces:
-        raise RuntimeError(f"ffmpeg cut {fixture} into {len(found)} pieces, {pieces} were asked for")
-    return found[:pieces]  # a last sliver past -t, if any, stays behind and is removed with the folder
-
-
-def check_lrs2_piece(path: Path) -> float:
-    """The seconds of one cut clip; RuntimeError unless it is about LRS2_CLIP_SECONDS long with audio."""
-    info = probe(path)
-    if info.duration_s < LOOP_DURATION_TOLERANCE * LRS2_CLIP_SECONDS or not info.has_audio:
-        raise RuntimeError(f"{path}: {info.duration_s:.2f} s, audio {info.has_audio}: not a usable {LRS2_CLIP_SECONDS:g}-s clip")
-    return info.duration_s
-
-
-def build_lrs2_tree(fixtures: list[Path], root: Path, clips: int) -> Lrs2Tree:
-    """A fake LRS2 release in ``root`` (rebuilt): ``clips`` clips in ``mvlrs_v1/main`` plus lists.
-
-    The fixtures share the clips equally (first ones take the remainder); each is cut into
-    consecutive LRS2_CLIP_SECONDS pieces, LRS2_CLIPS_PER_FOLDER to a ``<video_id>`` folder, each
-    with a ``.txt`` (``Text:`` and ``Conf:`` lines), and every clip is listed in train.txt,
-    val.txt or test.txt (see lrs2_split), as prepare_lrs2 reads them.
-    """
-    if root.exists():
-        shutil.rmtree(root)
-    main = root / CORPUS_FOLDER / MAIN_SUBSET
-    staging = root / "pieces"
-    lists: dict[str, list[str]] = {split: [] for split in SPLITS}
-    index = folders = 0
-    seconds = 0.0
-    for number, fixture in enumerate(fixtures):
-        count = clips // len(fixtures) + (1 if number < clips % len(fixtures) else 0)
-        if count == 0:
-            continue
-        pieces = cut_lrs2_pieces(fixture, staging / fixture.stem, count)
-        for start in range(0, count, LRS2_CLIPS_PER_FOLDER):
-            video_id = str(LRS2_FOLDER_ID_BASE + folders)
-            folders += 1
-            (main / video_id).mkdir(parents=True)
-            for utt, piece in enumerate(pieces[start : start + LRS2_CLIPS_PER_FOLDER], start=1):
-                seconds += check_lrs2_piece(piece)
-                clip_id = f"{video_id}/{utt:05d}"
-                os.replace(piece, main / f"{clip_id}.mp4")
-                text = LRS2_TEXT.format(text=lrs2_transcript(index), conf=2 + index % 5)
-                (main / f"{clip_id}.txt").write_text(text, encoding="utf-8")
-                split = lrs2_split(index)
-                lists[split].append(f"{clip_id} {LRS2_TEST_FLAG}" if split == "test" else clip_id)
-                index += 1
-    shutil.rmtree(staging)
-    for split, name in MAIN_LIST_FILES.items():
-        (root / name).write_text("".join(f"{line}\n" for line in lists[split]), encoding="utf-8")
-    return Lrs2Tree(root, {split: len(lines) for split, lines in lists.items()}, folders, seconds)
+# ----------------------------------------------------------------------------- planning
 
 
 def lrs2_shard_mb(clips_by_split: dict[str, list[ClipSource]]) -> tuple[float, int]:
@@ -493,13 +287,15 @@ def measure_resume(clips_by_split: dict[str, list[ClipSource]], out_dir: Path, d
 
 
 def measure_long_clip(path: Path, detector_name: str) -> LongClip:
-    """process_clip on ``path`` in a child Python with the Ray workers' environment."""
+    """process_clip on ``path`` in a child Python (``python -m bench.prep_rss_probe``) with the
+    Ray workers' environment."""
     env = {**os.environ, **WORKER_ENV}
     result = subprocess.run(
-        [sys.executable, "-c", RSS_CHILD_CODE, str(path), detector_name],
+        [sys.executable, "-m", "bench.prep_rss_probe", str(path), detector_name],
         capture_output=True,
         text=True,
         env=env,
+        cwd=REPO,
         check=False,
     )
     if result.returncode != 0:
