@@ -43,6 +43,10 @@ SYNCNET_EMBED_DIM: Final[int] = 1024
 SYNCNET_VSHIFT: Final[int] = 15
 #: Windows per forward pass (syncnet_python's ``--batch_size`` default).
 SYNCNET_BATCH_SIZE: Final[int] = 20
+#: The sync filter's default limits (``--max-offset``, ``--min-conf``): keep a clip whose AV
+#: offset is at most 3 video frames (120 ms) either way and whose SyncNet confidence is >= 3.0.
+SYNC_MAX_OFFSET: Final[int] = 3
+SYNC_MIN_CONF: Final[float] = 3.0
 #: ``eps`` that torch.nn.functional.pairwise_distance adds to the difference before the norm.
 SYNCNET_PAIRWISE_EPS: Final[float] = 1e-6
 

@@ -110,6 +110,17 @@ class ClipEval:
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
+    def progress_line(self) -> str:
+        """One line for a progress log: key, frames, the numbers computed, the error if any."""
+        line = f"{self.key}: {self.frames} frames"
+        if self.psnr is not None:
+            line += f", PSNR {self.psnr:.3f}, SSIM {self.ssim:.3f}, LMD {'–' if self.lmd is None else f'{self.lmd:.3f}'}"
+        if self.lse_d is not None:
+            line += f", LSE-D {self.lse_d:.3f}, LSE-C {self.lse_c:.3f}"
+        if self.error:
+            line += f" ({self.error})"
+        return line
+
 
 def _pooled(clips: list[ClipEval], value: str, weight: str) -> Optional[float]:
     """Frame-pooled mean: Σ weight·value / Σ weight over the clips that have the value."""
@@ -266,13 +277,27 @@ def evaluate(
             ``.json`` suffix on ``out`` is dropped first.
         progress: called with each clip's result.
     Raises:
-        ValueError: both ``syncnet`` and ``critic``; a model that does not load.
-        FileNotFoundError: no shards of ``split``, no checkpoint, no SyncNet weights.
+        ValueError: both ``syncnet`` and ``critic``; a ``device`` torch does not know; a model
+            that does not load.
+        FileNotFoundError: ``shards`` not a folder, no shards of ``split``, no checkpoint, no
+            folder to write ``out`` in, no SyncNet weights.
     """
+    import torch
+
     from cals.models.cals_model import load_cals_model
 
+    if not Path(shards).is_dir():
+        raise FileNotFoundError(f"--shards {shards} is not a folder")
+    if not Path(ckpt).exists():
+        raise FileNotFoundError(f"--ckpt {ckpt} does not exist")
     if syncnet is not None and critic is not None:
         raise ValueError("give --syncnet or --critic, not both")
+    if out is not None and not Path(out).parent.is_dir():
+        raise FileNotFoundError(f"cannot write {out}: folder {Path(out).parent} does not exist")
+    try:
+        torch.device(device)
+    except RuntimeError as error:
+        raise ValueError(f"--device {device!r} is not a torch device: {error}") from error
     model = load_cals_model(ckpt, device=device)
     scorer = syncnet_scorer(syncnet, device) if syncnet is not None else critic_scorer(critic, device) if critic is not None else None
     report = EvalReport(shards=str(shards), split=split, ckpt=str(ckpt), scorer=scorer)

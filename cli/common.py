@@ -1,6 +1,6 @@
-"""What every ``cals-*`` command line shares: the one-line error, the detector choices, and the
+"""What every ``cals-*`` command line shares: the one-line error, the detector choices, the
 signature helper behind the commands that add shared options (``prep_command``,
-``train_command``)."""
+``train_command``), and the conversion of option values for the library."""
 
 from __future__ import annotations
 
@@ -50,3 +50,9 @@ def keyword_parameters(function: Callable) -> list[inspect.Parameter]:
         p.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=hints.get(p.name, p.annotation))
         for p in inspect.signature(function).parameters.values()
     ]
+
+
+def plain_values(options: dict[str, typing.Any]) -> dict[str, typing.Any]:
+    """``options`` with each choice (an Enum such as :class:`DetectorName`) replaced by its
+    value, as the library's dataclasses take plain strings."""
+    return {name: value.value if isinstance(value, Enum) else value for name, value in options.items()}

@@ -32,34 +32,11 @@ def evaluate(
     quiet: bool = typer.Option(False, "--quiet", help="No per-clip progress lines."),
 ) -> None:
     """Evaluate a CALS model on a split: the paper's Table 1 (PSNR, SSIM, LMD, LSE-D, LSE-C)."""
-    import torch
-
     from cals.eval import evaluate as run_evaluation
 
-    if not shards.is_dir():
-        fail(f"--shards {shards} is not a folder")
-    if not ckpt.exists():
-        fail(f"--ckpt {ckpt} does not exist")
-    if syncnet is not None and critic is not None:
-        fail("give --syncnet or --critic, not both")
-    if out is not None and not out.parent.is_dir():
-        fail(f"cannot write {out}: folder {out.parent} does not exist")
-    try:
-        torch.device(device)
-    except RuntimeError as error:
-        fail(f"--device {device!r} is not a torch device: {error}")
-
     def progress(clip) -> None:
-        if quiet:
-            return
-        line = f"{clip.key}: {clip.frames} frames"
-        if clip.psnr is not None:
-            line += f", PSNR {clip.psnr:.3f}, SSIM {clip.ssim:.3f}, LMD {'–' if clip.lmd is None else f'{clip.lmd:.3f}'}"
-        if clip.lse_d is not None:
-            line += f", LSE-D {clip.lse_d:.3f}, LSE-C {clip.lse_c:.3f}"
-        if clip.error:
-            line += f" ({clip.error})"
-        err.print(line, highlight=False, soft_wrap=True)
+        if not quiet:
+            err.print(clip.progress_line(), highlight=False, soft_wrap=True)
 
     try:
         report = run_evaluation(shards, ckpt, split=split, syncnet=syncnet, critic=critic, limit=limit, out=out, device=device, progress=progress)

@@ -1,5 +1,8 @@
 """``cals-prep inspect`` and ``stats``: what a person looks at.
 
+:func:`inspect_dataset` (``inspect``) writes the contact sheet and tallies the manifest by split
+and status; :func:`manifest_stats` (``stats``) totals it per split.
+
 The contact sheet: each row is one sample, ``frames`` crops evenly spaced over the clip (green
 border: a real detection on that frame, orange: interpolated/held box), then the clip's log-mel
 under them, and a caption with key, split, frames and detection coverage. Below the rows, the
@@ -8,9 +11,10 @@ corpus histograms from the manifest: clip length, detection coverage, failure re
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
@@ -18,7 +22,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
 from cals.constants import CROP_SIZE
-from cals.data import MANIFEST_FILE, iter_samples
+from cals.data import iter_samples
+from cals.layout import MANIFEST_FILE
 
 CAPTION_HEIGHT = 16
 MEL_HEIGHT = 48
@@ -104,11 +109,51 @@ def histogram_image(manifest: "pd.DataFrame", width: int) -> np.ndarray:
     return image
 
 
-def manifest_stats(dataset: str | Path) -> "pd.DataFrame":
-    """Per split: clips ok and failed, hours of prepared video, speakers, frames."""
+@dataclass(frozen=True)
+class Inspection:
+    """What ``cals-prep inspect`` shows: the contact sheet written, and (None without a
+    manifest) clips and hours per split and status, failed clips per reason (by reason)."""
+
+    sheet: Path
+    by_status: "Optional[pd.DataFrame]" = None
+    failures: "Optional[pd.Series]" = None
+
+
+def inspect_dataset(dataset: str | Path, png: str | Path, samples: int = 8, frames: int = 8, split: str | None = None) -> Inspection:
+    """Write the contact sheet of ``dataset`` to ``png`` (:func:`contact_sheet`) and tally its
+    manifest. Raises FileNotFoundError when ``dataset`` is not a folder or has no sample."""
+    dataset = Path(dataset)
+    if not dataset.is_dir():
+        raise FileNotFoundError(f"{dataset} is not a folder")
+    sheet = contact_sheet(dataset, png, samples=samples, frames=frames, split=split)
+    manifest_path = dataset / MANIFEST_FILE
+    if not manifest_path.is_file():
+        return Inspection(sheet)
     import pandas as pd
 
-    manifest = pd.read_parquet(Path(dataset) / MANIFEST_FILE)
+    manifest = pd.read_parquet(manifest_path)
+    by_status = manifest.groupby(["split", "status"]).agg(clips=("key", "size"), hours=("duration_s", lambda s: s.sum() / 3600))
+    failures = manifest[manifest.status != "ok"].groupby("reason").size().rename("failed clips")
+    return Inspection(sheet, by_status, failures)
+
+
+@dataclass(frozen=True)
+class ManifestStats:
+    """``by_split``: per split (and ``all``), clips ok and failed, hours of prepared video,
+    speakers, frames; ``failures``: failed clips per reason, most first."""
+
+    by_split: "pd.DataFrame"
+    failures: "pd.Series"
+
+
+def manifest_stats(dataset: str | Path) -> ManifestStats:
+    """The manifest summary of ``dataset``; FileNotFoundError when it has no manifest."""
+    import pandas as pd
+
+    manifest_path = Path(dataset) / MANIFEST_FILE
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"{manifest_path} is missing (not a cals-prep output, or the run never finished)")
+    manifest = pd.read_parquet(manifest_path)
     ok = manifest.status == "ok"
     table = manifest.assign(ok=ok, failed=~ok, hours=manifest["duration_s"].where(ok, 0.0) / 3600, frames=manifest["num_frames"].where(ok, 0))
     summary = table.groupby("split").agg(
@@ -116,4 +161,4 @@ def manifest_stats(dataset: str | Path) -> "pd.DataFrame":
         speakers=("speaker", "nunique"), frames=("frames", "sum"),
     )
     summary.loc["all"] = [ok.sum(), (~ok).sum(), summary["hours"].sum(), manifest["speaker"].nunique(), summary["frames"].sum()]
-    return summary
+    return ManifestStats(summary, manifest[~ok]["reason"].value_counts())
