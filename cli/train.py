@@ -1,7 +1,9 @@
 """``cals-train``: stream shards and train the sync critic, the Audio-to-Lip module, and CALS.
 
 Every command shares the flags of :class:`cals.train.config.TrainConfig` (added by
-:func:`train_command`); each declares only its own model flags. Runs write to ``--out``:
+:func:`train_command`; ``--config run.json`` sets any of its fields, flags given override it);
+each declares only its own model flags. Every default is read from the settings dataclass the
+flag fills (``TrainConfig``, ``A2LConfig``, ``CalsLossConfig``, ...), never retyped. Runs write to ``--out``:
 config.json, safetensors checkpoints, metrics.jsonl and TensorBoard events; ``--resume``
 continues exactly. Under ``torchrun --nproc-per-node N -m cli.train ...`` the same command runs
 with DistributedDataParallel (gloo on CPU, nccl on GPU).
@@ -10,13 +12,31 @@ with DistributedDataParallel (gloo on CPU, nccl on GPU).
 from __future__ import annotations
 
 import inspect
+import json
 import os
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import typer
 
+from cals.constants import LIP_WINDOW_FRAMES
+from cals.models.a2l import A2LConfig
+from cals.models.cals_model import CalsConfig
+from cals.models.discriminator import DiscriminatorConfig
+from cals.models.l2f import LipToFaceConfig
+from cals.models.sync_critic import SyncCriticConfig
+from cals.stream import AugmentConfig, StreamConfig
+from cals.train.cals import CalsLossConfig, CalsTask
+from cals.train.config import TrainConfig
+from cals.train.sync_critic import SyncLossConfig
 from cli.common import err, fail, keyword_parameters, register_command
+from pipeline.train_recipe import RecipeConfig
+
+
+def _csv(values: tuple[int, ...]) -> str:
+    """A tuple default as the comma-separated text its flag takes."""
+    return ",".join(str(v) for v in values)
+
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0], rich_markup_mode=None)
 
@@ -26,15 +46,15 @@ def _app(
     ctx: typer.Context,
     shards: Optional[Path] = typer.Option(None, "--shards", help="Recipe: the dataset folder written by cals-prep."),
     out: Optional[Path] = typer.Option(None, "--out", help="Recipe: the folder of the stage runs (sync/, a2l/, cals/)."),
-    steps_per_stage: int = typer.Option(1000, "--steps-per-stage", min=1, help="Recipe: optimizer steps of each training stage."),
-    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Recipe: windows per step."),
-    lr: float = typer.Option(1e-4, "--lr", min=0.0, help="Recipe: learning rate (Adam)."),
+    steps_per_stage: int = typer.Option(RecipeConfig.steps_per_stage, "--steps-per-stage", min=1, help="Recipe: optimizer steps of each training stage."),
+    batch_size: int = typer.Option(RecipeConfig.batch_size, "--batch-size", min=1, help="Recipe: windows per step."),
+    lr: float = typer.Option(RecipeConfig.lr, "--lr", min=0.0, help="Recipe: learning rate (Adam)."),
     device: Optional[str] = typer.Option(None, "--device", help="Recipe: cpu, cuda, cuda:1... [default: CUDA when available]."),
-    seed: int = typer.Option(0, "--seed", help="Recipe: seed of every stage."),
-    ckpt_every: int = typer.Option(500, "--ckpt-every", min=1, help="Recipe: steps between checkpoints."),
+    seed: int = typer.Option(RecipeConfig.seed, "--seed", help="Recipe: seed of every stage."),
+    ckpt_every: int = typer.Option(RecipeConfig.ckpt_every, "--ckpt-every", min=1, help="Recipe: steps between checkpoints."),
     lip_model: Optional[Path] = typer.Option(None, "--lip-model", help="Recipe: lip-unit model (e.g. syncnet_v2.model) [default: the recipe's sync critic]."),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Recipe: Ray actors adding lip units [default: one per CPU]."),
-    tiny: bool = typer.Option(False, "--tiny", help="Recipe: small widths everywhere (smoke tests on a CPU)."),
+    tiny: bool = typer.Option(RecipeConfig.tiny, "--tiny", help="Recipe: small widths everywhere (smoke tests on a CPU)."),
     quiet: bool = typer.Option(False, "--quiet", help="Recipe: no progress bars."),
 ) -> None:
     """Train lip-sync models on cals-prep shards.
@@ -47,7 +67,7 @@ def _app(
     if shards is None or out is None:
         fail("the whole recipe needs --shards and --out (or name a command: cals-train --help)")
     from cals.stream import ShardMismatch
-    from cals.train.recipe import RecipeConfig, run_recipe
+    from pipeline.train_recipe import run_recipe
 
     config = RecipeConfig(steps_per_stage=steps_per_stage, batch_size=batch_size, lr=lr, device=device, seed=seed,
                           ckpt_every=ckpt_every, lip_model=str(lip_model) if lip_model else None, workers=workers, tiny=tiny)
@@ -61,21 +81,22 @@ def _app(
 def _common_options(
     shards: Path = typer.Option(..., "--shards", help="Dataset folder written by cals-prep (its splits are found by name), or a brace pattern."),
     out: Path = typer.Option(..., "--out", help="Run folder (config.json, checkpoints, metrics.jsonl, tb/)."),
-    steps: int = typer.Option(1000, "--steps", min=1, help="Optimizer steps to run, then a final checkpoint."),
-    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Windows per step (per process under DDP)."),
-    lr: float = typer.Option(1e-4, "--lr", min=0.0, help="Peak learning rate (Adam)."),
-    warmup_steps: int = typer.Option(0, "--warmup-steps", min=0, help="Linear learning-rate warm-up, steps."),
-    grad_clip: float = typer.Option(1.0, "--grad-clip", min=0.0, help="Clip the gradient norm to this (0: off)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in --out (same step, LR, RNG, data)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="JSON object of training settings (TrainConfig fields, e.g. a run's config.json \"train\"); the flags given on the command line override it, unknown keys are refused."),
+    steps: int = typer.Option(TrainConfig.steps, "--steps", min=1, help="Optimizer steps to run, then a final checkpoint."),
+    batch_size: int = typer.Option(TrainConfig.batch_size, "--batch-size", min=1, help="Windows per step (per process under DDP)."),
+    lr: float = typer.Option(TrainConfig.lr, "--lr", min=0.0, help="Peak learning rate (Adam)."),
+    warmup_steps: int = typer.Option(TrainConfig.warmup_steps, "--warmup-steps", min=0, help="Linear learning-rate warm-up, steps."),
+    grad_clip: float = typer.Option(TrainConfig.grad_clip, "--grad-clip", min=0.0, help="Clip the gradient norm to this (0: off)."),
+    resume: bool = typer.Option(TrainConfig.resume, "--resume", help="Continue from the newest checkpoint in --out (same step, LR, RNG, data)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1... [default: CUDA when available]."),
-    seed: int = typer.Option(0, "--seed", help="Seed of initialisation, data order, windows, augmentation."),
-    num_workers: int = typer.Option(0, "--num-workers", min=0, help="DataLoader worker processes per training process."),
-    log_every: int = typer.Option(10, "--log-every", min=1, help="Steps between metric records."),
-    val_every: int = typer.Option(0, "--val-every", min=0, help="Steps between validations on the val split (0: at the end only)."),
-    val_batches: int = typer.Option(4, "--val-batches", min=1, help="Batches per validation."),
-    ckpt_every: int = typer.Option(500, "--ckpt-every", min=1, help="Steps between checkpoints (also the data-segment length for exact resume)."),
-    keep: int = typer.Option(3, "--keep", min=1, help="Checkpoints kept."),
-    log_keys: bool = typer.Option(False, "--log-keys", help="Record every batch's sample keys per rank in keys-rank<R>.txt (data audit)."),
+    seed: int = typer.Option(TrainConfig.seed, "--seed", help="Seed of initialisation, data order, windows, augmentation."),
+    num_workers: int = typer.Option(TrainConfig.num_workers, "--num-workers", min=0, help="DataLoader worker processes per training process."),
+    log_every: int = typer.Option(TrainConfig.log_every, "--log-every", min=1, help="Steps between metric records."),
+    val_every: int = typer.Option(TrainConfig.val_every, "--val-every", min=0, help="Steps between validations on the val split (0: at the end only)."),
+    val_batches: int = typer.Option(TrainConfig.val_batches, "--val-batches", min=1, help="Batches per validation."),
+    ckpt_every: int = typer.Option(TrainConfig.ckpt_every, "--ckpt-every", min=1, help="Steps between checkpoints (also the data-segment length for exact resume)."),
+    keep: int = typer.Option(TrainConfig.keep, "--keep", min=1, help="Checkpoints kept."),
+    log_keys: bool = typer.Option(TrainConfig.log_keys, "--log-keys", help="Record every batch's sample keys per rank in keys-rank<R>.txt (data audit)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Template: its parameters are the flags every training command shares."""
@@ -84,10 +105,32 @@ def _common_options(
 COMMON_PARAMETERS = keyword_parameters(_common_options)
 
 
+#: The command's click context (Typer passes it to a parameter of this type): which flags were given.
+CONTEXT_PARAMETER = inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)
+
+
+def _given(ctx: typer.Context, name: str) -> bool:
+    """Whether flag ``name`` was on the command line (by the source's name: Typer may ship its own click)."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name == "COMMANDLINE"
+
+
+def train_settings(common: dict[str, Any], config_file: Optional[Path], ctx: typer.Context) -> dict[str, Any]:
+    """The TrainConfig fields of a command: the flags' values, under which ``--config``'s values
+    replace those of the flags not given on the command line (their defaults are TrainConfig's
+    own, so a key left out of the file keeps its default)."""
+    if config_file is None:
+        return common
+    from_file = json.loads(config_file.read_text(encoding="utf-8"))
+    if not isinstance(from_file, dict):
+        raise ValueError(f"--config {config_file} must hold a JSON object of training settings")
+    return {**from_file, **{k: v for k, v in common.items() if _given(ctx, k)}}
+
+
 def train_command(name: str) -> Callable:
     """Register a training command: the decorated function takes its own flags (and, if it
     declares it, ``dataset``: the --shards value) and returns ``(task, overrides)`` where
-    overrides are TrainConfig fields it sets (e.g. window)."""
+    overrides are TrainConfig fields it sets (e.g. window; they win over flags and --config)."""
 
     def decorator(build: Callable) -> Callable:
         common_names = {p.name for p in COMMON_PARAMETERS}
@@ -96,23 +139,23 @@ def train_command(name: str) -> Callable:
 
         def command(**options) -> None:
             from cals.stream import ShardMismatch
-            from cals.train.config import TrainConfig
             from cals.train.loop import run
 
             common = {k: options.pop(k) for k in list(options) if k in common_names}
-            quiet = common.pop("quiet")
+            quiet, config_file, ctx = common.pop("quiet"), common.pop("config"), options.pop("ctx")
             if not Path(common["shards"]).exists() and "{" not in str(common["shards"]):
                 fail(f"--shards {common['shards']} does not exist")
             try:
                 if wants_dataset:
                     options["dataset"] = str(common["shards"])
                 task, overrides = build(**options)
-                train = TrainConfig(**{**common, "shards": str(common["shards"]), "out": str(common["out"]), **overrides})
+                settings = train_settings(common, config_file, ctx)
+                train = TrainConfig.from_dict({**settings, "shards": str(common["shards"]), "out": str(common["out"]), **overrides})
                 run(task, train, show_progress=not quiet)
             except (FileNotFoundError, FileExistsError, ValueError, ShardMismatch) as error:
                 fail(str(error))
 
-        register_command(app, name, command, [*own, *COMMON_PARAMETERS], build.__doc__)
+        register_command(app, name, command, [*own, *COMMON_PARAMETERS, CONTEXT_PARAMETER], build.__doc__)
         return build
 
     return decorator
@@ -120,25 +163,23 @@ def train_command(name: str) -> Callable:
 
 @train_command("a2l")
 def a2l(
-    layers: int = typer.Option(6, "--layers", min=1, help="Transformer encoder layers."),
-    d_model: int = typer.Option(512, "--d-model", min=8, help="Hidden size."),
-    ffn: int = typer.Option(2048, "--ffn", min=8, help="Feed-forward size."),
-    heads: int = typer.Option(8, "--heads", min=1, help="Attention heads (must divide --d-model)."),
-    dropout: float = typer.Option(0.1, "--dropout", min=0.0, max=1.0, help="Dropout rate."),
-    mask_span: int = typer.Option(5, "--mask-span", min=1, help="Frames per masked span (t_m)."),
-    mask_ratio: float = typer.Option(0.5, "--mask-ratio", min=0.0, max=1.0, help="Share of frames masked (p)."),
-    window: Optional[int] = typer.Option(None, "--window", min=5, help="Frames per training window (default: the whole utterance, at most 250 frames = 10 s)."),
+    layers: int = typer.Option(A2LConfig.layers, "--layers", min=1, help="Transformer encoder layers."),
+    d_model: int = typer.Option(A2LConfig.d_model, "--d-model", min=8, help="Hidden size."),
+    ffn: int = typer.Option(A2LConfig.ffn, "--ffn", min=8, help="Feed-forward size."),
+    heads: int = typer.Option(A2LConfig.heads, "--heads", min=1, help="Attention heads (must divide --d-model)."),
+    dropout: float = typer.Option(A2LConfig.dropout, "--dropout", min=0.0, max=1.0, help="Dropout rate."),
+    mask_span: int = typer.Option(A2LConfig.mask_span, "--mask-span", min=1, help="Frames per masked span (t_m)."),
+    mask_ratio: float = typer.Option(A2LConfig.mask_ratio, "--mask-ratio", min=0.0, max=1.0, help="Share of frames masked (p)."),
+    window: Optional[int] = typer.Option(None, "--window", min=5, help=f"Frames per training window (default: the whole utterance, at most {StreamConfig.max_frames} frames)."),
     noise_dir: Optional[Path] = typer.Option(None, "--noise-dir", help="Folder of noise .wav files (e.g. DEMAND) mixed into the audio."),
-    snr_min: float = typer.Option(0.0, "--snr-min", help="Lowest noise SNR, dB."),
-    snr_max: float = typer.Option(20.0, "--snr-max", help="Highest noise SNR, dB."),
-    noise_prob: float = typer.Option(0.5, "--noise-prob", min=0.0, max=1.0, help="Share of windows that get noise."),
-    time_masks: int = typer.Option(0, "--time-masks", min=0, help="SpecAugment time masks per window (each at most 10 mel rows)."),
-    freq_masks: int = typer.Option(0, "--freq-masks", min=0, help="SpecAugment frequency masks per window (each at most 20 mel bins)."),
+    snr_min: float = typer.Option(AugmentConfig.snr_db[0], "--snr-min", help="Lowest noise SNR, dB."),
+    snr_max: float = typer.Option(AugmentConfig.snr_db[1], "--snr-max", help="Highest noise SNR, dB."),
+    noise_prob: float = typer.Option(AugmentConfig.noise_prob, "--noise-prob", min=0.0, max=1.0, help="Share of windows that get noise."),
+    time_masks: int = typer.Option(AugmentConfig.time_masks, "--time-masks", min=0, help=f"SpecAugment time masks per window (each at most {AugmentConfig.time_mask_rows} mel rows)."),
+    freq_masks: int = typer.Option(AugmentConfig.freq_masks, "--freq-masks", min=0, help=f"SpecAugment frequency masks per window (each at most {AugmentConfig.freq_mask_bins} mel bins)."),
     dataset: str = "",
 ):
     """Pre-train the Audio-to-Lip transformer: predict masked lip units from audio."""
-    from cals.models.a2l import A2LConfig
-    from cals.stream import AugmentConfig
     from cals.train.a2l import A2LTask, lip_unit_spec
 
     noise_files: tuple[str, ...] = ()
@@ -151,7 +192,7 @@ def a2l(
                        mask_span=mask_span, mask_ratio=mask_ratio)
     augment = AugmentConfig(noise_files=noise_files, snr_db=(snr_min, snr_max), noise_prob=noise_prob,
                             time_masks=time_masks, freq_masks=freq_masks)
-    return A2LTask(config, lip_kind=spec.get("kind"), augment=augment), {"window": window}
+    return A2LTask(config, lip_kind=spec.get("kind"), augment=augment), {} if window is None else {"window": window}
 
 
 def _widths(text: str, flag: str) -> tuple[int, ...]:
@@ -165,42 +206,29 @@ def _widths(text: str, flag: str) -> tuple[int, ...]:
 
 
 @train_command("cals")
-def cals(
-    a2l: Optional[Path] = typer.Option(None, "--a2l", help="A2L run folder (cals-train a2l) whose weights and sizes start Audio-to-Lip [default: random A2L from the --a2l-* flags]."),
+def cals_task(
+    a2l: Optional[Path] = typer.Option(None, "--a2l", help="A2L run folder (cals-train a2l) whose weights and sizes start Audio-to-Lip [default: random weights, A2LConfig's sizes]."),
     critic: Optional[Path] = typer.Option(None, "--critic", help="Sync-critic run folder, frozen, for L_sync [default: none, lambda-sync is 0]."),
-    freeze_a2l: bool = typer.Option(False, "--freeze-a2l", help="Keep Audio-to-Lip fixed (train only Lip-to-Face)."),
-    lambda_recon: float = typer.Option(10.0, "--lambda-recon", min=0.0, help="λ1, weight of the L1 reconstruction loss."),
-    lambda_gan: float = typer.Option(0.07, "--lambda-gan", min=0.0, help="λ2, weight of the GAN loss."),
-    lambda_sync: float = typer.Option(0.03, "--lambda-sync", min=0.0, help="λ3, weight of L_sync = d_av + d_vv once switched on."),
-    sync_after: Optional[int] = typer.Option(None, "--sync-after", min=0, help="Switch λ3 on at this step [default: when L_recon plateaus, see --plateau-*]."),
-    plateau_steps: int = typer.Option(500, "--plateau-steps", min=1, help="Plateau rule: steps between comparisons of the L_recon moving average."),
-    plateau_tol: float = typer.Option(0.01, "--plateau-tol", min=0.0, help="Plateau rule: relative improvement per --plateau-steps below which L_recon has converged."),
-    ema_decay: float = typer.Option(0.98, "--ema-decay", min=0.0, max=0.999999, help="Plateau rule: decay of the L_recon moving average."),
-    sync_segments: int = typer.Option(4, "--sync-segments", min=1, help="S, segments of 5 frames per window for L_sync."),
+    freeze_a2l: bool = typer.Option(CalsTask.freeze_a2l, "--freeze-a2l", help="Keep Audio-to-Lip fixed (train only Lip-to-Face)."),
+    lambda_recon: float = typer.Option(CalsLossConfig.lambda_recon, "--lambda-recon", min=0.0, help="λ1, weight of the L1 reconstruction loss."),
+    lambda_gan: float = typer.Option(CalsLossConfig.lambda_gan, "--lambda-gan", min=0.0, help="λ2, weight of the GAN loss."),
+    lambda_sync: float = typer.Option(CalsLossConfig.lambda_sync, "--lambda-sync", min=0.0, help="λ3, weight of L_sync = d_av + d_vv once switched on."),
+    sync_after: Optional[int] = typer.Option(CalsLossConfig.sync_after, "--sync-after", min=0, help="Switch λ3 on at this step [default: when L_recon plateaus, see --plateau-*]."),
+    plateau_steps: int = typer.Option(CalsLossConfig.plateau_steps, "--plateau-steps", min=1, help="Plateau rule: steps between comparisons of the L_recon moving average."),
+    plateau_tol: float = typer.Option(CalsLossConfig.plateau_tol, "--plateau-tol", min=0.0, help="Plateau rule: relative improvement per --plateau-steps below which L_recon has converged."),
+    ema_decay: float = typer.Option(CalsLossConfig.ema_decay, "--ema-decay", min=0.0, max=0.999999, help="Plateau rule: decay of the L_recon moving average."),
+    sync_segments: int = typer.Option(CalsLossConfig.sync_segments, "--sync-segments", min=1, help=f"S, segments of {LIP_WINDOW_FRAMES} frames per window for L_sync."),
     preview_every: int = typer.Option(500, "--preview-every", min=0, help="Steps between preview images (previews/ and TensorBoard; 0: none)."),
-    window: int = typer.Option(25, "--window", min=1, help="Frames generated together (training window and inference chunk)."),
-    widths: str = typer.Option("32,64,128,256,512,512", "--widths", help="Lip-to-Face encoder widths per stage, comma-separated (each later stage halves the size)."),
-    lip_channels: int = typer.Option(256, "--lip-channels", min=1, help="Size of the projected lip code."),
-    film: bool = typer.Option(True, "--film/--no-film", help="FiLM-condition every decoder scale on the lip code (else the bottleneck only)."),
-    disc_widths: str = typer.Option("64,128,256,512", "--disc-widths", help="PatchGAN discriminator widths, comma-separated."),
-    unit_dim: int = typer.Option(1024, "--unit-dim", min=1, help="Lip-unit size (without --a2l)."),
-    a2l_layers: int = typer.Option(6, "--a2l-layers", min=1, help="A2L encoder layers (without --a2l)."),
-    a2l_d_model: int = typer.Option(512, "--a2l-d-model", min=8, help="A2L hidden size (without --a2l)."),
-    a2l_ffn: int = typer.Option(2048, "--a2l-ffn", min=8, help="A2L feed-forward size (without --a2l)."),
-    a2l_heads: int = typer.Option(8, "--a2l-heads", min=1, help="A2L attention heads (without --a2l)."),
-    a2l_dropout: float = typer.Option(0.1, "--a2l-dropout", min=0.0, max=1.0, help="A2L dropout (without --a2l)."),
+    window: int = typer.Option(CalsConfig.window, "--window", min=1, help="Frames generated together (training window and inference chunk)."),
+    widths: str = typer.Option(_csv(LipToFaceConfig.widths), "--widths", help="Lip-to-Face encoder widths per stage, comma-separated (each later stage halves the size)."),
+    lip_channels: int = typer.Option(LipToFaceConfig.lip_channels, "--lip-channels", min=1, help="Size of the projected lip code."),
+    film: bool = typer.Option(LipToFaceConfig.film, "--film/--no-film", help="FiLM-condition every decoder scale on the lip code (else the bottleneck only)."),
+    disc_widths: str = typer.Option(_csv(DiscriminatorConfig.widths), "--disc-widths", help="PatchGAN discriminator widths, comma-separated."),
 ):
     """Train CALS end to end: Audio-to-Lip + Lip-to-Face against a frame discriminator, then the sync critic."""
-    from cals.models.a2l import A2LConfig
-    from cals.models.cals_model import CalsConfig
-    from cals.models.discriminator import DiscriminatorConfig
-    from cals.models.l2f import LipToFaceConfig
-    from cals.train.cals import CalsLossConfig, CalsTask, a2l_config_of_run
+    from cals.train.cals import a2l_config_of_run
 
-    if a2l is not None:
-        a2l_config = a2l_config_of_run(a2l)
-    else:
-        a2l_config = A2LConfig(unit_dim=unit_dim, layers=a2l_layers, d_model=a2l_d_model, ffn=a2l_ffn, heads=a2l_heads, dropout=a2l_dropout)
+    a2l_config = a2l_config_of_run(a2l) if a2l is not None else A2LConfig()
     if critic is not None and not critic.exists():
         raise FileNotFoundError(f"--critic {critic} does not exist")
     l2f = LipToFaceConfig(unit_dim=a2l_config.unit_dim, widths=_widths(widths, "--widths"), lip_channels=lip_channels, film=film)
@@ -220,19 +248,17 @@ DEFAULT_SYNC_WINDOW = 45
 
 @train_command("syncnet")
 def syncnet(
-    offsets: int = typer.Option(7, "--offsets", min=1, help="K: each window is matched against the windows at offsets -K..+K frames (2K+1 candidates)."),
-    loss: str = typer.Option("multiway", "--loss", help="multiway (softmax over the 2K+1 candidates, both directions; Chung et al. 2020) or bce (Wav2Lip: BCE on the ReLU'd cosine)."),
-    embed_dim: int = typer.Option(512, "--embed-dim", min=1, help="Size of the L2-normalised audio and video embeddings."),
-    temperature: float = typer.Option(0.07, "--temperature", min=1e-6, help="Softmax temperature of the multi-way loss (fixed)."),
+    offsets: int = typer.Option(SyncLossConfig.offsets, "--offsets", min=1, help="K: each window is matched against the windows at offsets -K..+K frames (2K+1 candidates)."),
+    loss: str = typer.Option(SyncLossConfig.loss, "--loss", help="multiway (softmax over the 2K+1 candidates, both directions; Chung et al. 2020) or bce (Wav2Lip: BCE on the ReLU'd cosine)."),
+    embed_dim: int = typer.Option(SyncCriticConfig.embed_dim, "--embed-dim", min=1, help="Size of the L2-normalised audio and video embeddings."),
+    temperature: float = typer.Option(SyncLossConfig.temperature, "--temperature", min=1e-6, help="Softmax temperature of the multi-way loss (fixed)."),
     window: Optional[int] = typer.Option(None, "--window", min=7, help="Frames per training window [default: max(45, 5 + 2K)]: every position whose 2K+1 candidates fit is an anchor, so longer windows give many more anchors per decoded frame (measured: 45 frames learn the fixture offsets in 60 steps, 5 + 2K = 19 had not in 100)."),
-    mouth_size: str = typer.Option("64,128", "--mouth-size", help="Height,width the mouth region (lower half of the crop) is resized to; multiples of 16."),
-    video_channels: str = typer.Option("96,256,256,256,512", "--video-channels", help="Widths of the 5 video convolutions, comma-separated."),
-    audio_channels: str = typer.Option("64,128,256,256,512", "--audio-channels", help="Widths of the 5 audio convolutions, comma-separated."),
+    mouth_size: str = typer.Option(_csv(SyncCriticConfig.mouth_size), "--mouth-size", help="Height,width the mouth region (lower half of the crop) is resized to; multiples of 16."),
+    video_channels: str = typer.Option(_csv(SyncCriticConfig.video_channels), "--video-channels", help="Widths of the 5 video convolutions, comma-separated."),
+    audio_channels: str = typer.Option(_csv(SyncCriticConfig.audio_channels), "--audio-channels", help="Widths of the 5 audio convolutions, comma-separated."),
 ):
     """Pre-train the sync critic (video F_v, audio F_a) with the multi-way matching loss."""
-    from cals.constants import LIP_WINDOW_FRAMES
-    from cals.models.sync_critic import SyncCriticConfig
-    from cals.train.sync_critic import LOSSES, SyncCriticTask, SyncLossConfig, min_window
+    from cals.train.sync_critic import LOSSES, SyncCriticTask, min_window
 
     if loss not in LOSSES:
         raise ValueError(f"--loss must be one of {', '.join(LOSSES)}, got {loss!r}")

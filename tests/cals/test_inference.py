@@ -67,9 +67,9 @@ def test_a_hard_paste_is_the_resized_face_and_boxes_are_clipped_at_the_frame_edg
 
 def test_generate_faces_with_a_random_model(tmp_path):
     from cals.models.cals_model import load_cals_model, save_random_cals_model
-    from tests.tiny_models import tiny_cals_config
+    from cals.models.tiny import tiny_cals_config
 
-    model = load_cals_model(save_random_cals_model(tmp_path / "run", tiny_cals_config()))
+    model = load_cals_model(save_random_cals_model(tmp_path / "run", tiny_cals_config(8, window=25)))
     crops = np.random.default_rng(2).integers(0, 256, (7, 128, 128, 3), dtype=np.uint8)
     mel = np.random.default_rng(3).normal(-4, 1, (28, 80)).astype(np.float16)
     faces = generate_faces(model, crops, mel)

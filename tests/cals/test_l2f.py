@@ -15,6 +15,7 @@ from cals.models.a2l import A2LConfig
 from cals.models.cals_model import CalsConfig, CalsModel, load_cals_model, save_random_cals_model
 from cals.models.discriminator import DiscriminatorConfig, PatchDiscriminator
 from cals.models.l2f import LipToFace, LipToFaceConfig, pose_prior
+from cals.models.tiny import TINY_CRITIC
 from cals.train.cals import CalsLossConfig, SyncSchedule
 from cals.train.checkpoint import load_weights, read_json
 from cli.train import app
@@ -41,10 +42,10 @@ def tiny_config(window: int = 5) -> CalsConfig:
 
 def tiny_critic_run(folder):
     """A random sync critic saved as cals-train saves one (config.json + checkpoint)."""
-    from cals.models.sync_critic import SyncCritic, SyncCriticConfig
+    from cals.models.sync_critic import SyncCritic
     from cals.train.checkpoint import save_checkpoint
 
-    config = SyncCriticConfig(embed_dim=16, mouth_size=(32, 64), video_channels=(8, 8, 8, 8, 16), audio_channels=(8, 8, 8, 8, 16))
+    config = TINY_CRITIC
     folder.mkdir(parents=True)
     (folder / "config.json").write_text(json.dumps({"task": "sync_critic", "task_config": {"model": config.to_dict()}}))
     torch.manual_seed(3)
@@ -279,8 +280,7 @@ def test_cals_trains_resumes_exactly_and_loads_for_inference(tmp_path):
 
 def test_without_a_critic_the_sync_loss_is_off_and_said_so(tmp_path):
     write_dataset(tmp_path / "d", [[12]], lip_dim=UNIT)
-    result = run_cals(tmp_path / "d", tmp_path / "r", 2, "--unit-dim", str(UNIT), "--a2l-layers", "1", "--a2l-d-model", "16",
-                      "--a2l-ffn", "16", "--a2l-heads", "2", "--sync-after", "0", "--preview-every", "0")
+    result = run_cals(tmp_path / "d", tmp_path / "r", 2, "--sync-after", "0", "--preview-every", "0")
     assert result.exit_code == 0, result.output
     config = read_json(tmp_path / "r" / "config.json")["task_config"]
     assert config["loss"]["lambda_sync"] == 0.0 and config["critic"] is None
@@ -315,8 +315,7 @@ def test_two_gloo_ranks_train_cals_with_the_critic(tmp_path):
                "--master-addr", "127.0.0.1", "--master-port", "0", "--rdzv-backend", "c10d", "--rdzv-endpoint", "127.0.0.1:0",
                "-m", "cli.train", "cals", "--shards", str(tmp_path / "d"), "--out", str(tmp_path / "run"), "--steps", "3",
                "--batch-size", "1", "--window", "6", "--ckpt-every", "3", "--quiet", "--device", "cpu", "--critic", str(critic),
-               "--sync-after", "1", "--sync-segments", "2", "--preview-every", "3", "--unit-dim", str(UNIT), "--a2l-layers", "1",
-               "--a2l-d-model", "16", "--a2l-ffn", "16", "--a2l-heads", "2", *TINY_CALS_FLAGS]
+               "--sync-after", "1", "--sync-segments", "2", "--preview-every", "3", *TINY_CALS_FLAGS]
     result = subprocess.run(command, cwd=Path(__file__).resolve().parents[2], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]

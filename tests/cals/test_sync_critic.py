@@ -18,11 +18,12 @@ from typer.testing import CliRunner
 
 from cals.losses import multiway_chance_loss, multiway_matching_loss, offset_similarities, sync_bce_loss
 from cals.models.sync_critic import SyncCritic, SyncCriticConfig, embed_clip, load_critic, score_clip, score_samples
+from cals.models.tiny import TINY_CRITIC
 from cals.train.checkpoint import load_weights, read_json
 from cli.train import app
 from tests.cals.test_stream import write_dataset
 
-TINY = SyncCriticConfig(embed_dim=16, mouth_size=(32, 64), video_channels=(8, 8, 8, 8, 16), audio_channels=(8, 8, 8, 8, 16))
+TINY = TINY_CRITIC
 REPO = Path(__file__).resolve().parents[2]
 TINY_FLAGS = ["--embed-dim", "16", "--mouth-size", "32,64", "--video-channels", "8,8,8,8,16", "--audio-channels", "8,8,8,8,16"]
 

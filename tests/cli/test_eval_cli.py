@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from cli.eval import app
 from tests.conftest import FIXTURE_VIDEO, needs_fixtures
-from tests.tiny_models import tiny_cals_config
+from cals.models.tiny import tiny_cals_config
 
 runner = CliRunner()
 CLIP = FIXTURE_VIDEO / "talk_aoc2_retalking.mp4"  # 590x590, 25 fps, a woman speaking to camera
@@ -34,7 +34,7 @@ def models(tmp_path_factory):
     from cals.train.checkpoint import save_checkpoint, write_json
 
     root = tmp_path_factory.mktemp("models")
-    run = save_random_cals_model(root / "cals-run", tiny_cals_config())
+    run = save_random_cals_model(root / "cals-run", tiny_cals_config(8, window=25))
     torch.manual_seed(0)
     syncnet = root / "random_syncnet_v2.model"
     torch.save(SyncNetV2().state_dict(), syncnet)

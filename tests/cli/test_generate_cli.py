@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 
 from cli.generate import app
 from tests.conftest import FIXTURE_VIDEO, SHARED, ffmpeg, needs_fixtures
-from tests.tiny_models import tiny_cals_config
+from cals.models.tiny import tiny_cals_config
 
 runner = CliRunner()
 FACE_VIDEO = FIXTURE_VIDEO / "talk_aoc2_retalking.mp4"  # 590x590, 125 frames at 25 fps
@@ -40,7 +40,7 @@ LOSSY_MEAN_ERROR = 3.0
 def run(tmp_path_factory):
     from cals.models.cals_model import save_random_cals_model
 
-    return save_random_cals_model(tmp_path_factory.mktemp("models") / "cals-run", tiny_cals_config())
+    return save_random_cals_model(tmp_path_factory.mktemp("models") / "cals-run", tiny_cals_config(8, window=25))
 
 
 def one_line_error(result) -> str:

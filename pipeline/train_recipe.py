@@ -13,7 +13,10 @@ Re-running the same command resumes: a stage whose newest checkpoint has reached
 ``steps_per_stage`` is skipped, an unfinished one continues from its newest checkpoint
 (``--resume`` semantics), a missing one starts. In CALS the plateau rule for λ3 compares every
 ``steps_per_stage // 10`` steps (at most 500), so the sync loss can switch on within the stage.
-``tiny`` gives every model small widths (smoke tests on a CPU).
+``tiny`` gives every model the small widths of :mod:`cals.models.tiny` (smoke tests on a CPU).
+
+It lives in ``pipeline`` because stage 2 runs a pipeline step (Ray actors over the shards);
+stages 1, 3 and 4 are plain :mod:`cals.train` runs.
 """
 
 from __future__ import annotations
@@ -89,10 +92,12 @@ def run_recipe(shards: str | Path, out: str | Path, config: RecipeConfig = Recip
     from cals.models.discriminator import DiscriminatorConfig
     from cals.models.l2f import LipToFaceConfig
     from cals.models.sync_critic import SyncCriticConfig
+    from cals.models.tiny import TINY_CRITIC, TINY_DISCRIMINATOR, tiny_a2l_config, tiny_cals_config
     from cals.train.a2l import A2LTask, lip_unit_spec
     from cals.train.cals import CalsLossConfig, CalsTask
     from cals.train.loop import run
     from cals.train.sync_critic import SyncCriticTask, SyncLossConfig, min_window
+    from pipeline.units import add_lip_units
 
     shards, out = str(shards), Path(out)
     if not Path(shards).is_dir():
@@ -102,8 +107,7 @@ def run_recipe(shards: str | Path, out: str | Path, config: RecipeConfig = Recip
     done: dict[str, Any] = {}
 
     # 1. sync critic
-    critic = SyncCriticConfig(embed_dim=16, mouth_size=(32, 64), video_channels=(8, 8, 8, 8, 16), audio_channels=(8, 8, 8, 8, 16)) \
-        if config.tiny else SyncCriticConfig()
+    critic = TINY_CRITIC if config.tiny else SyncCriticConfig()
     sync_loss = SyncLossConfig()
     if stage_done(folders["sync"], steps):
         done["sync"] = "skipped"
@@ -116,8 +120,6 @@ def run_recipe(shards: str | Path, out: str | Path, config: RecipeConfig = Recip
     if config.lip_model is None and _has_lip_units(shards):
         done["units"] = "present"
     else:
-        from pipeline.units import add_lip_units
-
         model = config.lip_model or str(folders["sync"])
         log(f"stage 2/4: lip units from {model} → {shards}")
         add_lip_units(shards, model, workers=config.workers, show_progress=show_progress, fail_fast=True)
@@ -125,8 +127,8 @@ def run_recipe(shards: str | Path, out: str | Path, config: RecipeConfig = Recip
     spec = lip_unit_spec(shards, "train")
 
     # 3. Audio-to-Lip
-    tiny_a2l = dict(layers=1, d_model=32, ffn=64, heads=2) if config.tiny else {}
-    a2l = A2LConfig(unit_dim=int(spec["dim"]), **tiny_a2l)
+    unit_dim = int(spec["dim"])
+    a2l = tiny_a2l_config(unit_dim) if config.tiny else A2LConfig(unit_dim=unit_dim)
     if stage_done(folders["a2l"], steps):
         done["a2l"] = "skipped"
     else:
@@ -136,12 +138,12 @@ def run_recipe(shards: str | Path, out: str | Path, config: RecipeConfig = Recip
 
     # 4. CALS
     if config.tiny:
-        l2f = LipToFaceConfig(unit_dim=a2l.unit_dim, widths=(8, 16, 16, 32, 32, 32), lip_channels=16)
-        disc, window = DiscriminatorConfig((8, 16, 16, 32)), 10
+        model_config, disc = tiny_cals_config(unit_dim), TINY_DISCRIMINATOR
     else:
-        l2f, disc, window = LipToFaceConfig(unit_dim=a2l.unit_dim), DiscriminatorConfig(), CalsConfig().window
+        model_config, disc = CalsConfig(a2l=a2l, l2f=LipToFaceConfig(unit_dim=unit_dim)), DiscriminatorConfig()
+    window = model_config.window
     losses = CalsLossConfig(plateau_steps=max(1, min(PLATEAU_STEPS_MAX, steps // PLATEAU_CHECKS_PER_STAGE)))
-    task = CalsTask(CalsConfig(a2l=a2l, l2f=l2f, window=window), losses, disc, a2l_init=str(folders["a2l"]),
+    task = CalsTask(model_config, losses, disc, a2l_init=str(folders["a2l"]),
                     critic=str(folders["sync"]), preview_every=max(1, steps // PLATEAU_CHECKS_PER_STAGE))
     if stage_done(folders["cals"], steps):
         done["cals"] = "skipped"
