@@ -85,6 +85,14 @@ SSIM_SIGMA: Final[float] = 1.5
 #: SSIM stabilisers: C1 = (K1·L)², C2 = (K2·L)² with L = PIXEL_MAX.
 SSIM_K1: Final[float] = 0.01
 SSIM_K2: Final[float] = 0.03
+#: Audio-dependence rows of cals-eval: the clip's own audio moved this many video frames later
+#: (circularly), more than SyncNet's ±SYNCNET_VSHIFT offset search, so LSE's best offset cannot
+#: find the shifted sync again; an audio-driven model loses to its true-audio row.
+AUDIO_SHIFT_FRAMES: Final[int] = SYNCNET_VSHIFT + 5
+#: FaceMesh indices of the mouth aperture (inner lips: upper 13, lower 14) and of the face size
+#: it is divided by (the outer eye corners 33 and 263: inter-ocular distance).
+APERTURE_LANDMARKS: Final[tuple[int, int]] = (13, 14)
+EYE_CORNER_LANDMARKS: Final[tuple[int, int]] = (33, 263)
 #: Feathered seam of a generated face pasted back into its frame: the blend weight ramps from
 #: 0 at the crop box's edge to 1 at this share of the box side inside it.
 PASTE_FEATHER: Final[float] = 0.1

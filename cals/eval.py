@@ -3,7 +3,7 @@
 For every sample of the split (in shard order, the first ``limit``):
 
 1. generate the whole clip with :meth:`CalsModel.generate` (:func:`cals.inference.generate_faces`):
-   the sample's mel, its first frame as the identity reference (the paper's inference), every
+   the sample's mel, its first frame as the identity reference (the paper's inference; training draws it outside the window, :func:`cals.stream.reference_index`), every
    frame's upper half as the pose prior;
 2. PSNR, SSIM and LMD of the generated frames against the real ones (:mod:`cals.metrics`);
 3. LSE-D / LSE-C of the generated frames with the sample's audio, and of the real frames (the
@@ -18,13 +18,35 @@ For every sample of the split (in shard order, the first ``limit``):
      on SyncNet's scale and not comparable with published LSE values;
    - neither: no LSE columns.
 
+4. **audio dependence**: the same generation driven by two wrong audios, each scored against the
+   clip's *real* frames and *real* audio exactly as the true-audio row (only the driving audio
+   changes), so a model that ignores its audio scores the same on all three rows and one that
+   follows it loses on the wrong ones:
+
+   - **audio shifted** :data:`~cals.constants.AUDIO_SHIFT_FRAMES` (20) frames: the clip's mel and
+     audio moved circularly by whole frames (frame ``t`` gets the sound of frame ``t − 20 mod T``),
+     more than SyncNet's ±15-frame offset search, so LSE cannot find the moved sync again; a clip
+     shorter than 2 × 20 frames has no such row (recorded);
+   - **another clip's audio**: the next clip of the split (the last takes the first), its frames'
+     sound looped from its start or cut to this clip's length; a split of one clip has no such
+     row;
+   - **audio gain** = true − shifted, per column (positive is better for PSNR, SSIM, LSE-C,
+     lower-half PSNR and aperture r; negative for LMD and LSE-D); about 0 for an audio-blind model.
+
+   Two columns beyond the paper's: **PSNR-lower**, PSNR of the rows the pose prior hides (the
+   mouth; :func:`cals.metrics.lower_psnr_frames`), and **aperture r**, the Pearson correlation of
+   the generated with the real FaceMesh mouth aperture over a clip's frames
+   (:func:`cals.metrics.aperture_correlation`; needs no SyncNet weights).
+
 **Averaging.** PSNR, SSIM and LMD are averaged over all frames of all clips (frame-pooled; LMD over
 the frames where FaceMesh found a face in both images); LSE-D and LSE-C over clips (one score
-per clip, as syncnet_python and the Wav2Lip evaluation compute them).
+per clip, as syncnet_python and the Wav2Lip evaluation compute them); aperture r over clips,
+weighted by the frames it used.
 
 **Ground-truth row.** PSNR is "–" (the real frames against themselves: infinite), SSIM is the
 SSIM of the real frames with themselves and LMD their landmarks against themselves (1 and 0 by
-construction: a check of the plumbing), LSE from the real frames.
+construction: a check of the plumbing), aperture r the real apertures with themselves (1), LSE
+from the real frames.
 
 A clip that cannot be evaluated (too short for the sync scorer, a model error on it) is kept in
 the per-clip JSON with its error and counted in the summary; it never stops the run.
@@ -40,15 +62,19 @@ from typing import Any, Callable, Iterable, Optional
 
 import numpy as np
 
-from cals.constants import PSNR_CAP_DB
+from cals.constants import AUDIO_SHIFT_FRAMES, MEL_ROWS_PER_FRAME, PSNR_CAP_DB
 from cals.data import iter_samples
 from cals.inference import generate_faces
-from cals.metrics import MouthLandmarker, landmark_distance, psnr_frames, ssim_frames
+from cals.metrics import MouthLandmarker, aperture_correlation, landmark_distance, lower_psnr_frames, psnr_frames, ssim_frames
 
-#: Columns of the table, in the paper's order.
-TABLE_COLUMNS = ("PSNR", "SSIM", "LMD", "LSE-D", "LSE-C")
+#: Columns of the table: the paper's five, then the lower-half PSNR and the aperture correlation.
+TABLE_COLUMNS = ("PSNR", "SSIM", "LMD", "LSE-D", "LSE-C", "PSNR-lower", "aperture r")
 #: Decimals of the table (the paper's three).
 TABLE_DECIMALS = 3
+#: The driving audios of the generated rows (module docstring, step 4).
+AUDIO_CONDITIONS = ("true", "shifted", "other")
+#: Name of the audio-gain row of the table.
+GAIN_ROW = "audio gain (true − shifted)"
 
 
 @dataclass(frozen=True)
@@ -85,53 +111,100 @@ def critic_scorer(path: str | Path, device: str = "cpu") -> SyncScorer:
 
 
 @dataclass
-class ClipEval:
-    """One clip's numbers (None where not computed; ``error`` says why)."""
+class AudioEval:
+    """One generation of a clip (driven by one audio) against the real frames and real audio
+    (None where not computed; ``error`` says why)."""
 
-    key: str
-    frames: int
     psnr: Optional[float] = None
     ssim: Optional[float] = None
+    psnr_lower: Optional[float] = None
     lmd: Optional[float] = None
     lmd_frames: int = 0
     no_face_generated: int = 0
-    no_face_real: int = 0
+    aperture_r: Optional[float] = None
+    aperture_frames: int = 0
     lse_d: Optional[float] = None
     lse_c: Optional[float] = None
     offset: Optional[int] = None
-    gt_ssim: Optional[float] = None
-    gt_lmd: Optional[float] = None
-    gt_lmd_frames: int = 0
-    gt_lse_d: Optional[float] = None
-    gt_lse_c: Optional[float] = None
-    gt_offset: Optional[int] = None
     error: Optional[str] = None
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
+
+@dataclass
+class ClipEval:
+    """One clip's numbers: ``generated`` maps each of :data:`AUDIO_CONDITIONS` that was run to its
+    :class:`AudioEval` (a condition left out: ``skipped`` says why); ``gt_*`` the ground-truth
+    row; ``error`` a clip-level error."""
+
+    key: str
+    frames: int
+    generated: dict[str, AudioEval] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    no_face_real: int = 0
+    gt_ssim: Optional[float] = None
+    gt_lmd: Optional[float] = None
+    gt_lmd_frames: int = 0
+    gt_aperture_r: Optional[float] = None
+    gt_aperture_frames: int = 0
+    gt_lse_d: Optional[float] = None
+    gt_lse_c: Optional[float] = None
+    gt_offset: Optional[int] = None
+    error: Optional[str] = None
+
+    @property
+    def ok(self) -> bool:
+        """The true-audio row was computed."""
+        return "true" in self.generated
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dict(self.__dict__)
+        data["generated"] = {name: row.to_dict() for name, row in self.generated.items()}
+        return data
+
     def progress_line(self) -> str:
-        """One line for a progress log: key, frames, the numbers computed, the error if any."""
+        """One line for a progress log: key, frames, the true-audio numbers and the audio gain in
+        lower-half PSNR, the error if any."""
         line = f"{self.key}: {self.frames} frames"
-        if self.psnr is not None:
-            line += f", PSNR {self.psnr:.3f}, SSIM {self.ssim:.3f}, LMD {'–' if self.lmd is None else f'{self.lmd:.3f}'}"
-        if self.lse_d is not None:
-            line += f", LSE-D {self.lse_d:.3f}, LSE-C {self.lse_c:.3f}"
-        if self.error:
-            line += f" ({self.error})"
+        true, shifted = self.generated.get("true"), self.generated.get("shifted")
+        if true is not None:
+            line += f", PSNR {true.psnr:.3f}, SSIM {true.ssim:.3f}, LMD {'–' if true.lmd is None else f'{true.lmd:.3f}'}"
+            if true.lse_d is not None:
+                line += f", LSE-D {true.lse_d:.3f}, LSE-C {true.lse_c:.3f}"
+            if shifted is not None:
+                line += f", lower-half PSNR gain over shifted audio {true.psnr_lower - shifted.psnr_lower:+.3f} dB"
+        errors = [self.error] if self.error else []
+        errors += [f"{name}: {row.error}" for name, row in self.generated.items() if row.error]
+        if errors:
+            line += f" ({'; '.join(errors)})"
         return line
 
 
-def _pooled(clips: list[ClipEval], value: str, weight: str) -> Optional[float]:
-    """Frame-pooled mean: Σ weight·value / Σ weight over the clips that have the value."""
-    pairs = [(getattr(c, value), getattr(c, weight)) for c in clips if getattr(c, value) is not None and getattr(c, weight)]
-    total = sum(w for _, w in pairs)
-    return sum(v * w for v, w in pairs) / total if total else None
+def _pooled(pairs: Iterable[tuple[Optional[float], int]]) -> Optional[float]:
+    """Weighted mean Σ weight·value / Σ weight of ``(value, weight)`` pairs, those with a value."""
+    present = [(v, w) for v, w in pairs if v is not None and w]
+    total = sum(w for _, w in present)
+    return sum(v * w for v, w in present) / total if total else None
 
 
 def _mean(values: Iterable[Optional[float]]) -> Optional[float]:
     present = [v for v in values if v is not None]
     return float(np.mean(present)) if present else None
+
+
+def _row(pairs: list[tuple[AudioEval, int]]) -> dict[str, Optional[float]]:
+    """One table row from ``(row of a clip, that clip's frames)`` pairs (module docstring:
+    averaging)."""
+    return {
+        "PSNR": _pooled((r.psnr, n) for r, n in pairs),
+        "SSIM": _pooled((r.ssim, n) for r, n in pairs),
+        "LMD": _pooled((r.lmd, r.lmd_frames) for r, _ in pairs),
+        "LSE-D": _mean(r.lse_d for r, _ in pairs),
+        "LSE-C": _mean(r.lse_c for r, _ in pairs),
+        "PSNR-lower": _pooled((r.psnr_lower, n) for r, n in pairs),
+        "aperture r": _pooled((r.aperture_r, r.aperture_frames) for r, _ in pairs),
+    }
 
 
 @dataclass
@@ -148,35 +221,53 @@ class EvalReport:
     def method(self) -> str:
         return f"CALS ({Path(self.ckpt).name})"
 
-    def rows(self) -> dict[str, dict[str, Optional[float]]]:
-        """``{"ground truth": {column: value}, method: {...}}`` (None: not measured)."""
-        ok = [c for c in self.clips if c.psnr is not None]
-        generated = {
-            "PSNR": _pooled(ok, "psnr", "frames"),
-            "SSIM": _pooled(ok, "ssim", "frames"),
-            "LMD": _pooled(ok, "lmd", "lmd_frames"),
-            "LSE-D": _mean(c.lse_d for c in ok),
-            "LSE-C": _mean(c.lse_c for c in ok),
+    def row_names(self) -> dict[str, str]:
+        """Table row name of each of :data:`AUDIO_CONDITIONS`."""
+        return {
+            "true": self.method,
+            "shifted": f"{self.method}, audio shifted {AUDIO_SHIFT_FRAMES} frames",
+            "other": f"{self.method}, another clip's audio",
         }
+
+    def rows(self) -> dict[str, dict[str, Optional[float]]]:
+        """``{"ground truth": {column: value}, method: {...}, <shifted>, <other>, GAIN_ROW}``
+        (None: not measured). A condition's row pools the clips that have it."""
+        ok = [c for c in self.clips if c.ok]
         truth = {
             "PSNR": None,
-            "SSIM": _pooled(ok, "gt_ssim", "frames"),
-            "LMD": _pooled(ok, "gt_lmd", "gt_lmd_frames"),
+            "SSIM": _pooled((c.gt_ssim, c.frames) for c in ok),
+            "LMD": _pooled((c.gt_lmd, c.gt_lmd_frames) for c in ok),
             "LSE-D": _mean(c.gt_lse_d for c in ok),
             "LSE-C": _mean(c.gt_lse_c for c in ok),
+            "PSNR-lower": None,
+            "aperture r": _pooled((c.gt_aperture_r, c.gt_aperture_frames) for c in ok),
         }
-        return {"ground truth": truth, self.method: generated}
+        table = {"ground truth": truth}
+        for condition, name in self.row_names().items():
+            table[name] = _row([(c.generated[condition], c.frames) for c in ok if condition in c.generated])
+        table[GAIN_ROW] = self.audio_gain()
+        return table
+
+    def audio_gain(self) -> dict[str, Optional[float]]:
+        """True − shifted audio per column, on the clips that have both rows (None: not measured)."""
+        both = [c for c in self.clips if "true" in c.generated and "shifted" in c.generated]
+        true = _row([(c.generated["true"], c.frames) for c in both])
+        shifted = _row([(c.generated["shifted"], c.frames) for c in both])
+        return {column: None if true[column] is None or shifted[column] is None else true[column] - shifted[column]
+                for column in TABLE_COLUMNS}
 
     def summary(self) -> dict[str, Any]:
+        true = [c.generated["true"] for c in self.clips if c.ok]
         return {
             "clips": len(self.clips),
-            "clips_failed": sum(1 for c in self.clips if c.psnr is None),
-            "clips_with_errors": sum(1 for c in self.clips if c.error is not None),
-            "frames": sum(c.frames for c in self.clips if c.psnr is not None),
-            "lmd_frames": sum(c.lmd_frames for c in self.clips),
-            "frames_no_face_generated": sum(c.no_face_generated for c in self.clips),
+            "clips_failed": sum(1 for c in self.clips if not c.ok),
+            "clips_with_errors": sum(1 for c in self.clips if c.error is not None or any(r.error for r in c.generated.values())),
+            "frames": sum(c.frames for c in self.clips if c.ok),
+            "lmd_frames": sum(r.lmd_frames for r in true),
+            "frames_no_face_generated": sum(r.no_face_generated for r in true),
             "frames_no_face_real": sum(c.no_face_real for c in self.clips),
-            "lse_clips": sum(1 for c in self.clips if c.lse_d is not None),
+            "lse_clips": sum(1 for r in true if r.lse_d is not None),
+            **{f"{condition}_clips": sum(1 for c in self.clips if condition in c.generated) for condition in AUDIO_CONDITIONS[1:]},
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -190,9 +281,15 @@ class EvalReport:
                 "PSNR": f"dB on uint8 RGB 128x128 crops, per frame (identical frames capped at {PSNR_CAP_DB:g} dB), mean over all frames",
                 "SSIM": "Wang et al. 2004 (11x11 Gaussian, sigma 1.5, K1 0.01, K2 0.03), per RGB channel then averaged; mean over all frames",
                 "LMD": "mean Euclidean distance of the 40 FaceMesh FACEMESH_LIPS landmarks, pixels of the 128x128 crop; mean over frames with a face in both images",
-                "LSE": "per clip; mean over clips",
+                "LSE": "per clip; mean over clips; every generated row is scored with the clip's own (true) audio",
+                "PSNR-lower": "PSNR of the rows the pose prior hides (the lower half), as PSNR",
+                "aperture r": "Pearson correlation over a clip's frames of the FaceMesh mouth aperture (inner lips 13-14 / eye corners 33-263), generated vs real; mean over clips weighted by frames with a face in both",
+                "shifted": f"generated from the clip's audio moved circularly by {AUDIO_SHIFT_FRAMES} frames, measured against the real frames and real audio",
+                "other": "generated from the next clip's audio (the last clip: the first's), looped or cut to length, measured against the real frames and real audio",
+                "audio gain": "true-audio row minus shifted-audio row, per column, on the clips with both",
             },
             "table": self.rows(),
+            "audio_gain": self.audio_gain(),
             "summary": self.summary(),
             "clips": [c.to_dict() for c in self.clips],
         }
@@ -218,6 +315,9 @@ class EvalReport:
             f"and {stats['frames_no_face_real']} real frames (excluded).",
             "LSE-D / LSE-C: " + (self.scorer.describe() if self.scorer else "not measured (no --syncnet or --critic)") + f"; {stats['lse_clips']} clips scored.",
             "PSNR/SSIM/LMD on the 128x128 crops; PSNR, SSIM and LMD are frame-pooled means, LSE a mean over clips.",
+            f"Audio rows: every row is measured against the real frames and the real audio; only the driving audio changes: "
+            f"shifted circularly by {AUDIO_SHIFT_FRAMES} frames ({stats['shifted_clips']} clips), or the next clip's, looped or cut "
+            f"({stats['other_clips']} clips). Audio gain = true − shifted (about 0 for a model that ignores its audio).",
         ]
         return "\n".join(lines) + "\n"
 
@@ -229,29 +329,82 @@ def _score(scorer: SyncScorer, frames: np.ndarray, audio: np.ndarray, mel: np.nd
         return None, str(error)
 
 
-def evaluate_clip(model, sample, landmarker: MouthLandmarker, scorer: Optional[SyncScorer]) -> ClipEval:
-    """Every number of one :class:`~cals.shard_format.ClipSample` (see the module docstring)."""
+def mel_of_frames(mel: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """The mel of frames ``index`` of a clip, frame after frame.
+
+    Args:
+        mel: ``(4F, 80)`` mel of a clip of F frames.
+        index: ``(T,)`` int frame indices in ``[0, F)``.
+    Returns:
+        ``(4T, 80)``: frame ``t`` carries the rows of frame ``index[t]``.
+    """
+    mel = np.asarray(mel)
+    frames = mel.shape[0] // MEL_ROWS_PER_FRAME
+    return mel.reshape(frames, MEL_ROWS_PER_FRAME, -1)[index].reshape(-1, mel.shape[1])
+
+
+def shifted_mel(mel: np.ndarray, shift: int = AUDIO_SHIFT_FRAMES) -> np.ndarray:
+    """A clip's ``(4T, 80)`` mel moved circularly by ``shift`` frames: frame ``t`` gets the sound
+    of frame ``(t − shift) mod T``. ValueError when the clip has fewer than ``2·shift`` frames (the
+    move would be shorter than ``shift`` the other way round)."""
+    frames = np.asarray(mel).shape[0] // MEL_ROWS_PER_FRAME
+    if frames < 2 * shift:
+        raise ValueError(f"clip of {frames} frames is shorter than 2 x {shift}: no circular shift of {shift} frames")
+    return mel_of_frames(mel, (np.arange(frames) - shift) % frames)
+
+
+def looped_mel(mel: np.ndarray, frames: int) -> np.ndarray:
+    """Another clip's ``(4F, 80)`` mel looped from its start, or cut, to ``frames`` frames."""
+    return mel_of_frames(mel, np.arange(frames) % (np.asarray(mel).shape[0] // MEL_ROWS_PER_FRAME))
+
+
+def _measure(model, sample, mel: np.ndarray, real_mouth, landmarker: MouthLandmarker, scorer: Optional[SyncScorer]) -> AudioEval:
+    """Generate ``sample`` driven by ``mel``; every number against its real frames and audio."""
+    real = sample.frames
+    generated = generate_faces(model, real, mel)
+    row = AudioEval(
+        psnr=float(np.minimum(psnr_frames(generated, real), PSNR_CAP_DB).mean()),
+        ssim=float(ssim_frames(generated, real).mean()),
+        psnr_lower=float(np.minimum(lower_psnr_frames(generated, real), PSNR_CAP_DB).mean()),
+    )
+    mouth = landmarker.measure(generated)
+    lmd = landmark_distance(mouth.lips, real_mouth.lips)
+    row.lmd, row.lmd_frames, row.no_face_generated = lmd.value, lmd.used, lmd.no_face_generated
+    aperture = aperture_correlation(mouth.aperture, real_mouth.aperture)
+    row.aperture_r, row.aperture_frames = aperture.value, aperture.used
+    if scorer is not None:
+        score, row.error = _score(scorer, generated, sample.audio, sample.mel)
+        if score is not None:
+            row.lse_d, row.lse_c, row.offset = score.min_dist, score.conf, score.offset
+    return row
+
+
+def evaluate_clip(model, sample, landmarker: MouthLandmarker, scorer: Optional[SyncScorer],
+                  other_mel: Optional[np.ndarray] = None) -> ClipEval:
+    """Every number of one :class:`~cals.shard_format.ClipSample` (see the module docstring).
+
+    ``other_mel``: ``(4F, 80)`` mel of another clip, for the other-audio row (None: no such row)."""
     real = sample.frames
     result = ClipEval(key=sample.key, frames=int(real.shape[0]))
-    generated = generate_faces(model, real, sample.mel)
-    result.psnr = float(np.minimum(psnr_frames(generated, real), PSNR_CAP_DB).mean())
-    result.ssim = float(ssim_frames(generated, real).mean())
+    real_mouth = landmarker.measure(real)
+    result.generated["true"] = _measure(model, sample, sample.mel, real_mouth, landmarker, scorer)
     result.gt_ssim = float(ssim_frames(real, real).mean())
-    real_points, generated_points = landmarker(real), landmarker(generated)
-    lmd = landmark_distance(generated_points, real_points)
-    gt_lmd = landmark_distance(real_points, real_points)
-    result.lmd, result.lmd_frames = lmd.value, lmd.used
-    result.no_face_generated, result.no_face_real = lmd.no_face_generated, lmd.no_face_real
-    result.gt_lmd, result.gt_lmd_frames = gt_lmd.value, gt_lmd.used
+    gt_lmd = landmark_distance(real_mouth.lips, real_mouth.lips)
+    result.no_face_real, result.gt_lmd, result.gt_lmd_frames = gt_lmd.no_face_real, gt_lmd.value, gt_lmd.used
+    gt_aperture = aperture_correlation(real_mouth.aperture, real_mouth.aperture)
+    result.gt_aperture_r, result.gt_aperture_frames = gt_aperture.value, gt_aperture.used
+    try:
+        result.generated["shifted"] = _measure(model, sample, shifted_mel(sample.mel), real_mouth, landmarker, scorer)
+    except ValueError as error:
+        result.skipped["shifted"] = str(error)
+    if other_mel is None:
+        result.skipped["other"] = "no other clip in the split"
+    else:
+        result.generated["other"] = _measure(model, sample, looped_mel(other_mel, result.frames), real_mouth, landmarker, scorer)
     if scorer is not None:
-        score, error = _score(scorer, generated, sample.audio, sample.mel)
-        if score is not None:
-            result.lse_d, result.lse_c, result.offset = score.min_dist, score.conf, score.offset
-        truth, error_truth = _score(scorer, real, sample.audio, sample.mel)
+        truth, result.error = _score(scorer, real, sample.audio, sample.mel)
         if truth is not None:
             result.gt_lse_d, result.gt_lse_c, result.gt_offset = truth.min_dist, truth.conf, truth.offset
-        errors = sorted({e for e in (error, error_truth) if e})
-        result.error = "; ".join(errors) or None
     return result
 
 
@@ -301,17 +454,29 @@ def evaluate(
     model = load_cals_model(ckpt, device=device)
     scorer = syncnet_scorer(syncnet, device) if syncnet is not None else critic_scorer(critic, device) if critic is not None else None
     report = EvalReport(shards=str(shards), split=split, ckpt=str(ckpt), scorer=scorer)
+    def one(sample, other_mel: Optional[np.ndarray]) -> None:
+        try:
+            result = evaluate_clip(model, sample, landmarker, scorer, other_mel)
+        except (ValueError, RuntimeError) as error:  # recorded, counted, never fatal to the run
+            result = ClipEval(key=sample.key, frames=sample.num_frames, error=f"{type(error).__name__}: {error}")
+        report.clips.append(result)
+        if progress is not None:
+            progress(result)
+
+    # each clip is evaluated when the next arrives (its audio drives the other-audio row); the last
+    # one takes the first clip's audio
+    first_mel, pending = None, None
     with MouthLandmarker() as landmarker:
         for index, sample in enumerate(iter_samples(shards, split=split)):
             if limit is not None and index >= limit:
                 break
-            try:
-                result = evaluate_clip(model, sample, landmarker, scorer)
-            except (ValueError, RuntimeError) as error:  # recorded, counted, never fatal to the run
-                result = ClipEval(key=sample.key, frames=sample.num_frames, error=f"{type(error).__name__}: {error}")
-            report.clips.append(result)
-            if progress is not None:
-                progress(result)
+            if pending is None:
+                first_mel = sample.mel
+            else:
+                one(pending, sample.mel)
+            pending = sample
+        if pending is not None:
+            one(pending, None if first_mel is pending.mel else first_mel)
     if out is not None:
         write_report(report, out)
     return report
@@ -333,4 +498,4 @@ def write_report(report: EvalReport, out: str | Path) -> tuple[Path, Path]:
     return markdown, data
 
 
-__all__ = ["ClipEval", "EvalReport", "SyncScorer", "critic_scorer", "evaluate", "evaluate_clip", "report_paths", "syncnet_scorer", "write_report"]
+__all__ = ["AUDIO_CONDITIONS", "AudioEval", "ClipEval", "EvalReport", "looped_mel", "mel_of_frames", "shifted_mel", "SyncScorer", "critic_scorer", "evaluate", "evaluate_clip", "report_paths", "syncnet_scorer", "write_report"]

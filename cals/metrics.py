@@ -35,6 +35,19 @@ size, no alignment: the crops are already aligned). A frame on which FaceMesh fi
 either image is **excluded** and counted (:class:`LandmarkDistance`); a clip with no usable frame
 has no LMD (None). Published LMD values use other landmark detectors (dlib's 68 points) and
 resolutions, so they are comparable with each other, not with these to the digit.
+
+**Lower-half PSNR and L1** (:func:`lower_psnr_frames`, :func:`lower_l1_frames`): the same
+measures on the rows the generator's pose prior hides (:func:`mask_top_row` down), where the mouth
+is and the only place where the driving audio can matter. Upper rows are given to the model, so a
+whole-frame PSNR mostly measures how well it copies them.
+
+**Mouth aperture** (:meth:`MouthLandmarker.measure`, :func:`aperture_correlation`): per frame,
+the distance between FaceMesh's inner-lip points 13 and 14 divided by the distance between the
+outer eye corners 33 and 263 (:data:`~cals.constants.APERTURE_LANDMARKS`,
+:data:`~cals.constants.EYE_CORNER_LANDMARKS`): a unitless mouth opening that ignores face size
+and needs no SyncNet weights. Its Pearson correlation between generated and real frames of a clip
+(frames with a face in both) says whether the generated mouth opens and closes when the real one
+does.
 """
 
 from __future__ import annotations
@@ -45,7 +58,16 @@ from typing import Any, Optional
 
 import numpy as np
 
-from cals.constants import PIXEL_MAX, PSNR_CAP_DB, SSIM_K1, SSIM_K2, SSIM_SIGMA, SSIM_WINDOW
+from cals.constants import (
+    APERTURE_LANDMARKS,
+    EYE_CORNER_LANDMARKS,
+    PIXEL_MAX,
+    PSNR_CAP_DB,
+    SSIM_K1,
+    SSIM_K2,
+    SSIM_SIGMA,
+    SSIM_WINDOW,
+)
 
 #: The 40 FaceMesh landmark indices of ``mediapipe.solutions.face_mesh.FACEMESH_LIPS`` (the
 #: vertices of its edges), sorted: the outer and inner contours of both lips.
@@ -90,6 +112,40 @@ def psnr(generated: np.ndarray, real: np.ndarray, cap: float = PSNR_CAP_DB) -> f
     """Mean over frames of the per-frame PSNR, each capped at ``cap`` dB (identical frames count
     as ``cap``; see the module docstring)."""
     return float(np.minimum(psnr_frames(generated, real), cap).mean())
+
+
+# --- lower half: the rows the pose prior hides ---
+
+
+def mask_top_row(height: int) -> int:
+    """First row of a ``height``-row crop that the pose prior hides (rows ``mask_top_row .. height``
+    are the generated mouth region): ``height // 2``, the line of
+    :func:`cals.models.l2f.pose_prior`. The one place the lower-half measures take it from."""
+    return height // 2
+
+
+def lower_psnr_frames(generated: np.ndarray, real: np.ndarray) -> np.ndarray:
+    """PSNR of each frame's masked rows (:func:`mask_top_row` down), dB: ``(T,)`` float64,
+    ``+inf`` where those rows are identical.
+
+    Args:
+        generated, real: ``(T, H, W, C)`` (or one ``(H, W, C)``) uint8 frames.
+    """
+    generated, real = _as_clips(generated, real)
+    top = mask_top_row(generated.shape[1])
+    return psnr_frames(generated[:, top:], real[:, top:])
+
+
+def lower_l1_frames(generated: np.ndarray, real: np.ndarray) -> np.ndarray:
+    """Mean absolute difference of each frame's masked rows, in [0, 1] (255 = 1): ``(T,)`` float64.
+
+    Args:
+        generated, real: ``(T, H, W, C)`` (or one ``(H, W, C)``) uint8 frames.
+    """
+    generated, real = _as_clips(generated, real)
+    top = mask_top_row(generated.shape[1])
+    diff = np.abs(generated[:, top:].astype(np.float64) - real[:, top:].astype(np.float64)) / PIXEL_MAX
+    return diff.reshape(diff.shape[0], -1).mean(axis=1)
 
 
 # --- SSIM ---
@@ -155,13 +211,28 @@ def ssim(generated: np.ndarray, real: np.ndarray) -> float:
 # --- LMD ---
 
 
+@dataclass(frozen=True)
+class MouthShape:
+    """FaceMesh's mouth measurements of a clip (NaN on frames without a face).
+
+    Attributes:
+        lips: ``(T, 40, 2)`` float64 ``(x, y)`` pixel positions of :data:`LIP_LANDMARKS`.
+        aperture: ``(T,)`` float64 inner-lip distance (13-14) / inter-ocular distance (33-263),
+            unitless.
+    """
+
+    lips: np.ndarray
+    aperture: np.ndarray
+
+
 class MouthLandmarker:
     """MediaPipe FaceMesh lip landmarks of face crops (a callable class: the graph is built once
     in ``__init__``; not thread-safe, one per worker).
 
     ``landmarker(frames)`` with ``(T, H, W, 3)`` uint8 RGB → ``(T, 40, 2)`` float64 ``(x, y)``
     pixel positions of :data:`LIP_LANDMARKS` in each frame, rows of NaN where FaceMesh found no
-    face. Use as a context manager or call :meth:`close`.
+    face; :meth:`measure` adds the mouth aperture from the same FaceMesh pass. Use as a context
+    manager or call :meth:`close`.
     """
 
     def __init__(self) -> None:
@@ -171,18 +242,31 @@ class MouthLandmarker:
         self._mesh = mp.solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1, refine_landmarks=False)
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:
+        return self.measure(frames).lips
+
+    def measure(self, frames: np.ndarray) -> MouthShape:
+        """Lip landmarks and mouth aperture of ``(T, H, W, 3)`` uint8 RGB frames (one FaceMesh
+        pass per frame)."""
         frames = np.asarray(frames)
         if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
             raise ValueError(f"expected (T, H, W, 3) uint8 RGB frames, got {frames.shape} {frames.dtype}")
         height, width = frames.shape[1:3]
-        out = np.full((frames.shape[0], len(LIP_LANDMARKS), 2), np.nan)
+        lips = np.full((frames.shape[0], len(LIP_LANDMARKS), 2), np.nan)
+        aperture = np.full(frames.shape[0], np.nan)
         for index, frame in enumerate(frames):
             found = self._mesh.process(np.ascontiguousarray(frame)).multi_face_landmarks
             if not found:
                 continue
             points = found[0].landmark
-            out[index] = [(points[i].x * width, points[i].y * height) for i in LIP_LANDMARKS]
-        return out
+
+            def xy(i: int) -> np.ndarray:
+                return np.array((points[i].x * width, points[i].y * height))
+
+            lips[index] = [xy(i) for i in LIP_LANDMARKS]
+            eyes = np.linalg.norm(xy(EYE_CORNER_LANDMARKS[0]) - xy(EYE_CORNER_LANDMARKS[1]))
+            if eyes > 0:
+                aperture[index] = np.linalg.norm(xy(APERTURE_LANDMARKS[0]) - xy(APERTURE_LANDMARKS[1])) / eyes
+        return MouthShape(lips=lips, aperture=aperture)
 
     def close(self) -> None:
         self._mesh.close()
@@ -251,12 +335,47 @@ def landmark_distance(generated: np.ndarray, real: np.ndarray) -> LandmarkDistan
     )
 
 
+@dataclass(frozen=True)
+class ApertureCorrelation:
+    """Pearson correlation of generated and real mouth apertures over one clip's frames.
+
+    Attributes:
+        value: the correlation in [-1, 1]; None with fewer than 2 usable frames or a constant
+            aperture on either side (correlation undefined).
+        used: frames with an aperture in both (a face found in both images).
+    """
+
+    value: Optional[float]
+    used: int
+
+
+def aperture_correlation(generated: np.ndarray, real: np.ndarray) -> ApertureCorrelation:
+    """Pearson correlation of two ``(T,)`` aperture series (:attr:`MouthShape.aperture`), over the
+    frames where both are finite."""
+    generated, real = np.asarray(generated, dtype=np.float64), np.asarray(real, dtype=np.float64)
+    if generated.shape != real.shape or generated.ndim != 1:
+        raise ValueError(f"expected two (T,) aperture series of one length, got {generated.shape} and {real.shape}")
+    usable = np.isfinite(generated) & np.isfinite(real)
+    used = int(usable.sum())
+    if used < 2:
+        return ApertureCorrelation(value=None, used=used)
+    x, y = generated[usable] - generated[usable].mean(), real[usable] - real[usable].mean()
+    scale = float(np.sqrt((x * x).sum() * (y * y).sum()))
+    return ApertureCorrelation(value=float((x * y).sum() / scale) if scale > 0 else None, used=used)
+
+
 __all__ = [
     "LIP_LANDMARKS",
+    "ApertureCorrelation",
     "LandmarkDistance",
     "MouthLandmarker",
+    "MouthShape",
+    "aperture_correlation",
     "gaussian_window",
     "landmark_distance",
+    "lower_l1_frames",
+    "lower_psnr_frames",
+    "mask_top_row",
     "psnr",
     "psnr_frames",
     "ssim",

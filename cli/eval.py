@@ -3,7 +3,10 @@
 ``cals-eval --shards shards/NAME --split test --ckpt RUN [--syncnet syncnet_v2.model | --critic
 RUN] [--limit N] [--out report]`` generates every clip of the split (first frame as the
 reference), prints the table and, with ``--out``, writes ``report.md`` and ``report.json``
-(per-clip numbers). See :mod:`cals.eval` for the definitions.
+(per-clip numbers). Beside the true-audio row, the table has the model driven by its clip's audio
+shifted 20 frames and by another clip's audio, the audio gain (true − shifted), lower-half PSNR
+and the FaceMesh mouth-aperture correlation: the rows only an audio-driven model wins. See
+:mod:`cals.eval` for the definitions.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ def evaluate(
     device: str = typer.Option("cpu", "--device", help="torch device of the models (cpu, cuda, cuda:1, ...)."),
     quiet: bool = typer.Option(False, "--quiet", help="No per-clip progress lines."),
 ) -> None:
-    """Evaluate a CALS model on a split: the paper's Table 1 (PSNR, SSIM, LMD, LSE-D, LSE-C)."""
+    """Evaluate a CALS model on a split: the paper's Table 1 (PSNR, SSIM, LMD, LSE-D, LSE-C), lower-half PSNR and mouth-aperture r, with true, shifted and another clip's audio."""
     from cals.eval import evaluate as run_evaluation
 
     def progress(clip) -> None:

@@ -196,3 +196,44 @@ def test_facemesh_finds_the_lips_on_a_128_pixel_face_crop():
         shifted = landmarker(np.roll(crop, 4, axis=1)[None])
     assert landmark_distance(points[:1], points[:1]).value == 0.0
     assert landmark_distance(shifted, points[:1]).value == pytest.approx(4.0, abs=1.0)
+
+
+def test_lower_half_measures_see_only_the_masked_rows():
+    from cals.metrics import lower_l1_frames, lower_psnr_frames, mask_top_row
+
+    real = np.full((2, 128, 128, 3), 100, np.uint8)
+    generated = real.copy()
+    generated[0, : mask_top_row(128)] = 0  # frame 0: only the given upper rows differ
+    generated[1, mask_top_row(128) :] = 151  # frame 1: the mouth rows are off by 51 (0.2)
+    assert lower_psnr_frames(generated, real)[0] == math.inf and lower_l1_frames(generated, real)[0] == 0.0
+    assert lower_psnr_frames(generated, real)[1] == pytest.approx(10 * math.log10(255**2 / 51**2))
+    assert lower_l1_frames(generated, real)[1] == pytest.approx(0.2)
+
+
+def test_aperture_correlation_of_known_series():
+    from cals.metrics import aperture_correlation
+
+    opening = np.array([0.1, 0.3, np.nan, 0.2, 0.4])
+    assert aperture_correlation(opening, opening).value == pytest.approx(1.0)
+    assert aperture_correlation(opening, 1 - opening).value == pytest.approx(-1.0)
+    assert aperture_correlation(opening, opening).used == 4  # the frame without a face is left out
+    assert aperture_correlation(np.full(5, 0.2), opening).value is None  # a mouth that never moves
+    assert aperture_correlation(opening[:2], np.array([np.nan, 0.1])).value is None
+
+
+@pytest.mark.skipif(not FACE_IMAGE.is_file(), reason=f"fixture image not found at {FACE_IMAGE} (../shared is absent)")
+def test_mouth_aperture_grows_when_the_mouth_is_stretched_open():
+    import cv2
+
+    image = cv2.imread(str(FACE_IMAGE), cv2.IMREAD_COLOR)[..., ::-1]
+    crop = cv2.resize(np.ascontiguousarray(image), (128, 128), interpolation=cv2.INTER_AREA)
+    with MouthLandmarker() as landmarker:
+        shape = landmarker.measure(np.stack([crop, np.zeros_like(crop)]))
+        lips = shape.lips[0]
+        top, bottom = int(lips[:, 1].min()) - 2, int(lips[:, 1].max()) + 2
+        opened = crop.copy()  # the lip band stretched to twice its height, downwards
+        band = cv2.resize(np.ascontiguousarray(crop[top:bottom]), (128, 2 * (bottom - top)), interpolation=cv2.INTER_CUBIC)
+        opened[top : min(128, top + band.shape[0])] = band[: 128 - top]
+        stretched = landmarker.measure(opened[None])
+    assert shape.lips.shape == (2, 40, 2) and np.isnan(shape.aperture[1])
+    assert 0 <= shape.aperture[0] < 1 and stretched.aperture[0] > shape.aperture[0], (shape.aperture, stretched.aperture)

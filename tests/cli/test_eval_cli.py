@@ -1,12 +1,14 @@
 """cals-eval through its command line on a tiny real shard dataset (one fixture clip prepared by
 run_prep, 2 s, split "test") with a random-weight CALS model, a random-weight SyncNet v2 and a
-small random sync critic: the numbers are meaningless, the report's structure and the
-ground-truth rows (SSIM 1, LMD 0) are what is checked."""
+small random sync critic: the numbers are meaningless, the report's structure, the ground-truth
+rows (SSIM 1, LMD 0, aperture r 1) and the audio rows (stand-in models that do and do not follow
+their audio) are what is checked."""
 
 from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -68,15 +70,17 @@ def test_report_has_the_papers_table_and_per_clip_json(tmp_path, dataset, models
     assert result.exit_code == 0, result.output
     markdown = (tmp_path / "report.md").read_text()
     lines = markdown.splitlines()
-    header = lines.index("| method | PSNR | SSIM | LMD | LSE-D | LSE-C |")
-    assert lines[header + 1] == "| --- | --- | --- | --- | --- | --- |"
-    truth = [c.strip() for c in lines[header + 2].strip("|").split("|")]
-    method = [c.strip() for c in lines[header + 3].strip("|").split("|")]
-    assert truth[:4] == ["ground truth", "–", "1.000", "0.000"]
+    header = lines.index("| method | PSNR | SSIM | LMD | LSE-D | LSE-C | PSNR-lower | aperture r |")
+    assert lines[header + 1] == "| --- | --- | --- | --- | --- | --- | --- | --- |"
+    truth, method, shifted, other, gain = ([c.strip() for c in line.strip("|").split("|")] for line in lines[header + 2 : header + 7])
+    assert truth[:4] == ["ground truth", "–", "1.000", "0.000"] and truth[6:] == ["–", "1.000"]
     assert method[0] == "CALS (cals-run)"
-    # a random generator paints no face: FaceMesh finds none, so LMD has no frame (shown "–")
-    assert method[3] == "–"
-    assert all(float(v) == float(v) for v in truth[4:] + method[1:3] + method[4:]), (truth, method)
+    assert shifted[0] == "CALS (cals-run), audio shifted 20 frames" and gain[0] == "audio gain (true − shifted)"
+    # one clip in the split: no other clip's audio to drive it with
+    assert other[0] == "CALS (cals-run), another clip's audio" and set(other[1:]) == {"–"}
+    # a random generator paints no face: FaceMesh finds none, so LMD and aperture r have no frame (shown "–")
+    assert method[3] == "–" and method[7] == "–"
+    assert all(float(v) == float(v) for v in truth[4:6] + method[1:3] + method[4:7] + shifted[4:7] + gain[1:3]), (truth, method)
     assert "FaceMesh found no face in 50 generated and 0 real frames" in markdown
     assert "SyncNet v2" in markdown and str(models["syncnet"]) in markdown
     assert "| method | PSNR" in result.output  # the table is printed too
@@ -86,17 +90,24 @@ def test_report_has_the_papers_table_and_per_clip_json(tmp_path, dataset, models
     assert report["table"]["ground truth"]["PSNR"] is None
     assert report["table"]["ground truth"]["SSIM"] == pytest.approx(1.0, abs=1e-12)
     assert report["table"]["ground truth"]["LMD"] == 0.0
+    assert report["table"]["ground truth"]["aperture r"] == pytest.approx(1.0)
     assert report["summary"]["clips"] == 1 and report["summary"]["clips_failed"] == 0
+    assert report["summary"]["shifted_clips"] == 1 and report["summary"]["other_clips"] == 0
+    assert report["audio_gain"] == report["table"]["audio gain (true − shifted)"]
     (clip,) = report["clips"]
     assert clip["key"] == "aoc2" and clip["frames"] == int(CLIP_SECONDS * 25)
-    assert clip["error"] is None
+    assert clip["error"] is None and clip["skipped"] == {"other": "no other clip in the split"}
     assert clip["gt_lmd_frames"] == clip["frames"]  # FaceMesh finds the real face on every crop
-    assert clip["lmd"] is None and clip["lmd_frames"] == 0 and clip["no_face_generated"] == clip["frames"]
-    assert 0 < clip["psnr"] < 100 and -1 <= clip["ssim"] < 1
-    for key in ("lse_d", "lse_c", "gt_lse_d", "gt_lse_c"):
+    true = clip["generated"]["true"]
+    assert true["lmd"] is None and true["lmd_frames"] == 0 and true["no_face_generated"] == clip["frames"]
+    assert 0 < true["psnr"] < 100 and -1 <= true["ssim"] < 1 and 0 < true["psnr_lower"] < 100
+    for key in ("lse_d", "lse_c"):
+        assert isinstance(true[key], float) and isinstance(clip["generated"]["shifted"][key], float)
+    for key in ("gt_lse_d", "gt_lse_c"):
         assert isinstance(clip[key], float)
-    assert report["table"]["CALS (cals-run)"]["LSE-D"] == pytest.approx(clip["lse_d"])
-    assert report["table"]["CALS (cals-run)"]["PSNR"] == pytest.approx(clip["psnr"])
+    assert report["table"]["CALS (cals-run)"]["LSE-D"] == pytest.approx(true["lse_d"])
+    assert report["table"]["CALS (cals-run)"]["PSNR"] == pytest.approx(true["psnr"])
+    assert report["audio_gain"]["PSNR"] == pytest.approx(true["psnr"] - clip["generated"]["shifted"]["psnr"])
 
 
 class ShiftedCopy:
@@ -119,12 +130,63 @@ def test_metrics_of_a_perfect_and_a_shifted_reconstruction(dataset):
 
     (sample,) = list(iter_samples(dataset, split="test"))
     with MouthLandmarker() as landmarker:
-        perfect = evaluate_clip(ShiftedCopy(0), sample, landmarker, None)
-        shifted = evaluate_clip(ShiftedCopy(3), sample, landmarker, None)
-    assert (perfect.psnr, perfect.ssim, perfect.lmd) == (100.0, pytest.approx(1.0), 0.0)
+        perfect = evaluate_clip(ShiftedCopy(0), sample, landmarker, None).generated["true"]
+        shifted = evaluate_clip(ShiftedCopy(3), sample, landmarker, None).generated["true"]
+    assert (perfect.psnr, perfect.ssim, perfect.lmd, perfect.psnr_lower) == (100.0, pytest.approx(1.0), 0.0, 100.0)
     assert perfect.lmd_frames == sample.num_frames and perfect.lse_d is None
+    assert perfect.aperture_r == pytest.approx(1.0) and perfect.aperture_frames == sample.num_frames
     assert shifted.psnr < 40 and shifted.ssim < 1
     assert shifted.lmd == pytest.approx(3.0, abs=1.0)  # the lips moved 3 px
+
+
+class AudioOracle:
+    """A stand-in model that reconstructs the targets when driven by the clip's own mel and shows
+    the reference's mouth (rows from the mask line down) with any other audio: audio-driven by
+    construction. With ``blind`` it always reconstructs: it ignores the audio."""
+
+    def __init__(self, mel, blind: bool = False) -> None:
+        self.mel, self.blind = torch.from_numpy(np.asarray(mel, np.float32)), blind
+
+    def generate(self, mel, reference, targets):
+        if self.blind or torch.equal(mel[0], self.mel):
+            return targets.clone()
+        out = targets.clone()
+        out[..., targets.shape[-2] // 2 :, :] = reference[..., targets.shape[-2] // 2 :, :]
+        return out
+
+
+@pytest.mark.slow
+@needs_fixtures
+def test_the_audio_rows_reward_only_a_model_that_follows_its_audio(dataset):
+    from cals.data import iter_samples
+    from cals.eval import EvalReport, evaluate_clip
+    from cals.metrics import MouthLandmarker
+
+    (sample,) = list(iter_samples(dataset, split="test"))
+    other = sample.mel[::-1].copy()  # another clip's sound: here the same one reversed
+    with MouthLandmarker() as landmarker:
+        driven = evaluate_clip(AudioOracle(sample.mel), sample, landmarker, None, other_mel=other)
+        blind = evaluate_clip(AudioOracle(sample.mel, blind=True), sample, landmarker, None, other_mel=other)
+    assert set(driven.generated) == {"true", "shifted", "other"} and not driven.skipped
+    gains = {}
+    for name, clip in (("driven", driven), ("blind", blind)):
+        report = EvalReport(shards="d", split="test", ckpt="run", scorer=None, clips=[clip])
+        gains[name] = report.audio_gain()
+    assert gains["blind"]["PSNR-lower"] == 0.0 and gains["blind"]["aperture r"] == 0.0 and gains["blind"]["LMD"] == 0.0
+    assert gains["driven"]["PSNR-lower"] > 10 and gains["driven"]["LMD"] < 0, gains
+    assert driven.generated["other"].psnr_lower < driven.generated["true"].psnr_lower
+    assert driven.generated["true"].aperture_r == pytest.approx(1.0)
+
+
+def test_shifted_and_looped_mel_move_whole_frames():
+    from cals.eval import looped_mel, shifted_mel
+
+    mel = np.repeat(np.arange(50, dtype=np.float32), 4)[:, None] * np.ones((1, 80), np.float32)  # row value = its frame
+    moved = shifted_mel(mel, 20)
+    assert moved.shape == mel.shape and moved[4 * 20, 0] == 0 and moved[0, 0] == 30 and moved[4 * 49 + 3, 0] == 29
+    assert looped_mel(mel, 120)[4 * 110, 0] == 10 and looped_mel(mel, 3).shape == (12, 80)
+    with pytest.raises(ValueError, match="shorter than 2 x 20"):
+        shifted_mel(mel[: 4 * 39], 20)
 
 
 @pytest.mark.slow
@@ -137,7 +199,7 @@ def test_the_project_critic_scores_lse_and_the_report_says_so(tmp_path, dataset,
     assert data["sync_scorer"]["kind"] == "critic" and "not SyncNet" in data["sync_scorer"]["note"]
     assert "not SyncNet" in (tmp_path / "critic.md").read_text()
     (clip,) = report.clips
-    assert 0 <= clip.lse_d <= 2 and 0 <= clip.gt_lse_d <= 2  # unit embeddings
+    assert 0 <= clip.generated["true"].lse_d <= 2 and 0 <= clip.generated["shifted"].lse_d <= 2 and 0 <= clip.gt_lse_d <= 2  # unit embeddings
     assert report.rows()["ground truth"]["SSIM"] == pytest.approx(1.0)
 
 
@@ -147,7 +209,7 @@ def test_without_a_scorer_the_lse_columns_are_dashes(dataset, models):
     result = runner.invoke(app, ["--shards", str(dataset), "--ckpt", str(models["cals"]), "--quiet"])
     assert result.exit_code == 0, result.output
     row = [line for line in result.output.splitlines() if line.startswith("| ground truth")][0]
-    assert [c.strip() for c in row.strip("|").split("|")][4:] == ["–", "–"]
+    assert [c.strip() for c in row.strip("|").split("|")][4:6] == ["–", "–"]
     assert "not measured" in result.output
 
 
