@@ -12,6 +12,8 @@ joonson/syncnet_python:
 - ``mean[j]`` = mean over windows; ``min_dist`` (LSE-D) = ``min(mean)``; ``offset = vshift -
   argmin(mean)`` (first minimum on ties); ``conf`` (LSE-C) = ``median(mean) - min_dist``, the
   lower median as ``torch.median`` takes it (the same as the median here: 2·vshift+1 is odd).
+- Frame-wise confidence (what ``evaluate()`` prints): per window i, ``median(mean) - d[i, best]``,
+  median-filtered over windows with a 9-tap kernel (``scipy.signal.medfilt``, zero-padded ends).
 
 Offset sign: offset k > 0 means video window i matches audio window ``i - k`` best, i.e. the
 sound comes k frames (40 ms each) before the matching lips; k < 0, the sound comes late.
@@ -37,6 +39,7 @@ from cals.constants import (
     LIP_WINDOW_FRAMES,
     MFCC_ROWS_PER_FRAME,
     SYNCNET_BATCH_SIZE,
+    SYNCNET_FRAMEWISE_MEDIAN,
     SYNCNET_MFCC_ROWS,
     SYNCNET_PAIRWISE_EPS,
     SYNCNET_VSHIFT,
@@ -75,6 +78,19 @@ class SyncScore:
     def num_windows(self) -> int:
         return int(self.dists.shape[0])
 
+    @property
+    def framewise_conf(self) -> np.ndarray:
+        """``(N,)`` float64 per-window confidence at the best shift, 9-tap median-filtered: the
+        ``Framewise conf`` syncnet_python prints (module docstring)."""
+        import warnings
+
+        from scipy.signal import medfilt
+
+        best = self.vshift - self.offset
+        with warnings.catch_warnings():  # fewer windows than taps: zero-padded, as in syncnet_python
+            warnings.simplefilter("ignore", UserWarning)
+            return medfilt(self.min_dist + self.conf - self.dists[:, best], kernel_size=SYNCNET_FRAMEWISE_MEDIAN)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (the per-shift mean curve, not the per-window matrix)."""
         return {
@@ -84,6 +100,7 @@ class SyncScore:
             "num_windows": self.num_windows,
             "vshift": self.vshift,
             "mean_dists": [float(d) for d in self.mean_dists],
+            "framewise_conf": [float(c) for c in self.framewise_conf],
         }
 
 
@@ -194,16 +211,21 @@ def score_clip(
 
 @dataclass(frozen=True)
 class ClipScore:
-    """A scored (or failed) clip: ``score`` is None and ``error`` says why when it failed;
-    ``num_frames`` is None when the clip could not even be decoded."""
+    """A scored (or failed) clip or face track: ``score`` is None and ``error`` says why when it
+    failed; ``num_frames`` is None when the clip could not even be decoded. ``track`` /
+    ``first_frame`` (25 fps frame of the video) are set for the face tracks of the
+    ``syncnet_python`` protocol, one ClipScore each."""
 
     key: str
     num_frames: Optional[int]
     score: Optional[SyncScore] = None
     error: Optional[str] = None
+    track: Optional[int] = None
+    first_frame: Optional[int] = None
 
     def to_dict(self) -> dict[str, Any]:
-        row: dict[str, Any] = {"clip": self.key, "num_frames": self.num_frames, "error": self.error}
+        row: dict[str, Any] = {"clip": self.key, "num_frames": self.num_frames, "error": self.error,
+                               "track": self.track, "first_frame": self.first_frame}
         row.update(self.score.to_dict() if self.score else {"offset": None, "min_dist": None, "conf": None})
         return row
 

@@ -2,14 +2,17 @@
 
 ``cals-sync score PATH --model syncnet_v2.model`` scores a video file, a folder of videos
 (searched recursively) or a dataset folder written by ``cals-prep`` (it has manifest.parquet).
-Raw videos go through the prep pipeline's own chain with its default settings (25 fps, face
-detection and tracking, 128x128 crops, 16 kHz audio), so a video scores exactly as the sample
-``cals-prep`` makes of it with the same defaults.
+``--protocol`` says what the scorer is fed (:mod:`pipeline.sync_report`): ``shards`` (the
+samples as stored; raw videos through the prep chain), ``syncnet_python`` (raw videos through
+syncnet_python's run_pipeline chain, one score per face track) or ``precropped`` (frames as they
+are, resized to 224: Wav2Lip's LRS2/LRS3 protocol).
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import replace
+from enum import Enum
 from pathlib import Path
 from typing import Optional
 
@@ -18,9 +21,15 @@ from rich.console import Console
 from rich.table import Table
 
 from cals.constants import SYNCNET_BATCH_SIZE, SYNCNET_VSHIFT
+from pipeline.sync_protocols import SyncnetPythonParams
+from pipeline.sync_report import PROTOCOLS
 from cli.common import DetectorName, MediapipeModel, err, fail
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0])
+
+
+_DEFAULTS = SyncnetPythonParams()
+Protocol = Enum("Protocol", {name: name for name in PROTOCOLS}, type=str)
 
 
 def _fmt(value: Optional[float], digits: int = 3) -> str:
@@ -30,7 +39,7 @@ def _fmt(value: Optional[float], digits: int = 3) -> str:
 def _print_report(report) -> None:
     """The per-clip table and the one-line corpus summary (``report``: pipeline.sync_report.SyncReport)."""
     summary = report.summary
-    table = Table(title=f"{report.scorer} scores ({report.model.name}, offsets -{report.vshift}..+{report.vshift})")
+    table = Table(title=f"{report.scorer} scores ({report.model.name}, protocol {report.protocol}, offsets -{report.vshift}..+{report.vshift})")
     for column, justify in (("clip", "left"), ("frames", "right"), ("offset", "right"), ("LSE-D", "right"), ("LSE-C", "right"), ("error", "left")):
         table.add_column(column, justify=justify)
     for row in report.rows():
@@ -61,6 +70,9 @@ def score(
     device: str = typer.Option("cpu", "--device", help="torch device for SyncNet (cpu, cuda, cuda:1, ...)."),
     detector: DetectorName = typer.Option(DetectorName.mediapipe, "--detector", help="Face detector for raw videos (as cals-prep)."),
     mediapipe_model: MediapipeModel = typer.Option(MediapipeModel.short, "--mediapipe-model", help="short: faces within ~2 m; full: small/distant faces."),
+    protocol: Protocol = typer.Option(PROTOCOLS[0], "--protocol", help="shards: samples as stored (raw videos through cals-prep's chain); syncnet_python: syncnet_python's run_pipeline chain, one score per face track (HDTF-style tables); precropped: frames as they are, resized to 224 (Wav2Lip's LRS2/LRS3 tables)."),
+    min_track: int = typer.Option(_DEFAULTS.min_track, "--min-track", min=1, help="syncnet_python: frames a scene and a face track must exceed (syncnet_python 100, LatentSync 50)."),
+    jpeg: bool = typer.Option(_DEFAULTS.jpeg, "--jpeg/--no-jpeg", help="syncnet_python: JPEG round trip of the crops at ffmpeg's default quality, as syncnet_python scores them."),
 ) -> None:
     """Score lip sync: per clip the AV offset (frames), LSE-D (min dist) and LSE-C (confidence)."""
     from pipeline.sync_report import ScoreSetupError, score_path
@@ -68,10 +80,13 @@ def score(
     try:
         with err.status("scoring…"):
             report = score_path(path, model, json_out=json_out, csv_out=csv_out, vshift=vshift, batch_size=batch_size,
-                                device=device, detector=detector.value, mediapipe_model=mediapipe_model.value)
+                                device=device, detector=detector.value, mediapipe_model=mediapipe_model.value,
+                                protocol=protocol.value, syncnet_python=replace(_DEFAULTS, min_track=min_track, jpeg=jpeg))
     except ScoreSetupError as error:
         fail(str(error))
     _print_report(report)
+    if report.detector:
+        err.print(f"detector: {report.detector}", highlight=False, soft_wrap=True)
     if report.summary.clips == 0:
         fail("no clip could be scored (see the error column)", code=1)
 

@@ -5,22 +5,29 @@ The scorer is syncnet_python's released ``syncnet_v2.model``
 (:func:`cals.sync_score.score_samples`) or a sync-critic run folder from ``cals-train syncnet``
 (:func:`cals.models.sync_critic.score_samples`).
 
-Raw videos go through prep's own steps with its default settings (:mod:`pipeline.prepare_clip`:
+What the scorer is fed is the ``protocol`` (:data:`PROTOCOLS`):
+
+- ``shards`` (default): a dataset folder's samples as stored; raw videos go through prep's own steps with its default settings (:mod:`pipeline.prepare_clip`:
 validate, 25 fps frames through the face stage, the same checks, audio fit to 640·T samples),
 then the crops make one JPEG round trip at prep's quality (:func:`jpeg_roundtrip`), so a video
 scores exactly as the sample ``cals-prep`` makes of it with the same defaults.
+- ``syncnet_python``: raw videos through syncnet_python's ``run_pipeline.py`` chain, one score per
+  face track (:mod:`pipeline.sync_protocols`); what HDTF-style papers report.
+- ``precropped``: every frame as it is, resized to 224 (Wav2Lip's LRS2/LRS3 evaluation,
+  ``demo_syncnet.py``).
 """
 
 from __future__ import annotations
 
 import csv
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator, Optional, Union
 
 import numpy as np
 
+from cals.atomic import atomic_write
 from cals.constants import SYNCNET_BATCH_SIZE, SYNCNET_VSHIFT
 from cals.layout import MANIFEST_FILE
 from cals.shard_format import decode_frames, encode_frames
@@ -31,13 +38,17 @@ from pipeline.manifest import ClipSource
 from pipeline.prepare_clip import PrepParams, check_faces, clip_faces, fit_audio, validate_clip
 from pipeline.recipes.folder import VIDEO_EXTENSIONS, find_videos, make_key
 from pipeline.stages.detect import Detector, make_detector
+from pipeline.sync_protocols import SyncnetPythonParams, precropped_input, syncnet_python_detector, syncnet_python_inputs
 
 #: Columns of the --csv file, in order.
 CSV_COLUMNS = ("clip", "num_frames", "offset", "min_dist", "conf", "error")
 #: What ``kind`` a model file is (:func:`cals.models.lip_units.model_kind`) → the scorer's name.
 SCORER_NAMES = {"sync_critic": "sync critic", "syncnet_v2": "SyncNet"}
 
-#: ``(frames (T, 128, 128, 3) uint8 RGB, audio (640 T,) int16)``, or why the clip has none.
+#: What ``--protocol`` accepts (module docstring).
+PROTOCOLS = ("shards", "syncnet_python", "precropped")
+
+#: ``(frames (T, H, W, 3) uint8 RGB, audio (640 T,) int16)``, or why the clip has none.
 ClipInput = Union[tuple[np.ndarray, np.ndarray], str]
 
 
@@ -53,6 +64,9 @@ class SyncReport:
     Attributes:
         model: the model file or run folder.
         kind: ``"syncnet_v2"`` or ``"sync_critic"`` (see :data:`SCORER_NAMES`).
+        protocol: one of :data:`PROTOCOLS`.
+        detector: the face detector raw videos went through, with a note where it is not the
+            one the protocol's published numbers used (None: no detection).
         vshift: offsets searched, -vshift..+vshift video frames.
         results: one per clip, in input order (failed clips carry their error).
         summary: corpus means over the scored clips.
@@ -60,6 +74,8 @@ class SyncReport:
 
     model: Path
     kind: str
+    protocol: str
+    detector: Optional[str]
     vshift: int
     results: list[ClipScore]
     summary: CorpusSummary
@@ -76,10 +92,12 @@ class SyncReport:
         """Write the per-clip rows and the summary as JSON, and/or the rows as CSV (:data:`CSV_COLUMNS`)."""
         rows = self.rows()
         if json_out is not None:
-            report = {"model": str(self.model), "clips": rows, "summary": self.summary.to_dict()}
-            json_out.write_text(json.dumps(report, indent=2) + "\n")
+            report = {"model": str(self.model), "protocol": self.protocol, "detector": self.detector,
+                      "clips": rows, "summary": self.summary.to_dict()}
+            with atomic_write(json_out) as tmp:
+                tmp.write_text(json.dumps(report, indent=2) + "\n")
         if csv_out is not None:
-            with csv_out.open("w", newline="") as handle:
+            with atomic_write(csv_out) as tmp, tmp.open("w", newline="") as handle:
                 writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS, extrasaction="ignore")
                 writer.writeheader()
                 writer.writerows(rows)
@@ -113,7 +131,7 @@ def video_inputs(videos: list[Path], root: Path, detector: Detector, params: Pre
     """``(display name, input)`` per video (name relative to ``root``); closes ``detector`` at the end."""
     try:
         for video in videos:
-            name = video.relative_to(root).as_posix() if video != root else video.name
+            name = _display_name(video, root)
             try:
                 yield name, video_input(video, name, params, detector)
             except ClipError as error:
@@ -159,30 +177,82 @@ def _load_scorer(model: Path, torch_device) -> tuple[str, Any]:
         raise ScoreSetupError(str(error)) from None
 
 
-def _inputs(path: Path, detector: str, mediapipe_model: str) -> Iterator[tuple[str, ClipInput]]:
-    """The shards of a dataset folder, else the videos of ``path`` through prep's steps."""
-    if path.is_dir() and (path / MANIFEST_FILE).is_file():
-        return shard_inputs(path)
+#: One scoring unit: ``(display name, input, track index or None, first frame or None)``.
+Unit = tuple[str, ClipInput, Optional[int], Optional[int]]
+
+
+def _display_name(video: Path, root: Path) -> str:
+    return video.relative_to(root).as_posix() if video != root else video.name
+
+
+def protocol_inputs(videos: list[Path], root: Path, protocol: str, detector: Optional[Detector],
+                    params: SyncnetPythonParams) -> Iterator[Unit]:
+    """The ``syncnet_python`` (one unit per face track) or ``precropped`` (one per video) units
+    of ``videos``; a video that fails is one unit carrying its error. Closes ``detector``."""
+    try:
+        for video in videos:
+            name = _display_name(video, root)
+            try:
+                if protocol == "precropped":
+                    clip = precropped_input(video)
+                    yield name, (clip.crops, clip.audio), None, None
+                    continue
+                for index, track in enumerate(syncnet_python_inputs(video, detector, params)):
+                    yield f"{name}#{index}", (track.crops, track.audio), index, track.first_frame
+            except ClipError as error:
+                yield name, str(error), None, None
+    finally:
+        if detector is not None:
+            detector.close()
+
+
+def _make_detector(name: str, mediapipe_model: str) -> Detector:
+    try:
+        return make_detector(name, mediapipe_model)
+    except (FileNotFoundError, ImportError, ValueError) as error:
+        raise ScoreSetupError(str(error)) from None
+
+
+def _inputs(path: Path, protocol: str, detector: str, mediapipe_model: str,
+            params: SyncnetPythonParams) -> tuple[Iterator[Unit], Optional[str]]:
+    """``(units, detector description)`` of ``path`` under ``protocol`` (module docstring)."""
+    if protocol not in PROTOCOLS:
+        raise ScoreSetupError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+    is_dataset = path.is_dir() and (path / MANIFEST_FILE).is_file()
+    if is_dataset:
+        if protocol != "shards":
+            raise ScoreSetupError(f"{path} is a cals-prep dataset: its samples are already crops, score it with --protocol shards")
+        return ((key, item, None, None) for key, item in shard_inputs(path)), None
     videos = find_videos(path) if path.is_dir() else [path]
     if not videos:
         raise ScoreSetupError(f"no video files ({' '.join(VIDEO_EXTENSIONS)}) and no {MANIFEST_FILE} in {path}")
+    if protocol == "shards":
+        units = video_inputs(videos, path, _make_detector(detector, mediapipe_model), PrepParams(detector=detector, mediapipe_model=mediapipe_model))
+        return ((key, item, None, None) for key, item in units), f"{detector} (cals-prep's face stage)"
+    if protocol == "precropped":
+        return protocol_inputs(videos, path, protocol, None, params), None
     try:
-        face_detector = make_detector(detector, mediapipe_model)
-    except (FileNotFoundError, ImportError, ValueError) as error:
+        face_detector = syncnet_python_detector(params, mediapipe_model)
+    except (ImportError, ValueError) as error:
         raise ScoreSetupError(str(error)) from None
-    return video_inputs(videos, path, face_detector, PrepParams(detector=detector, mediapipe_model=mediapipe_model))
+    note = (f"mediapipe-{mediapipe_model} on frames x{params.facedet_scale:g}, conf >= {params.det_conf:g} "
+            "(syncnet_python uses S3FD, sfd_face.pth: tracks and crops can differ from published ones)")
+    return protocol_inputs(videos, path, protocol, face_detector, params), note
 
 
-def _score(kind: str, network: Any, key: str, item: ClipInput, vshift: int, batch_size: int) -> list[ClipScore]:
+def _score(kind: str, network: Any, unit: Unit, vshift: int, batch_size: int) -> list[ClipScore]:
+    key, item, track, first_frame = unit
     if isinstance(item, str):
         return [ClipScore(key=key, num_frames=None, error=item)]
     if kind == "sync_critic":
         from cals.models.sync_critic import score_samples as score_with_critic
 
-        return list(score_with_critic([(key, *item)], network, vshift=vshift))
-    from cals.sync_score import score_samples
+        scores = score_with_critic([(key, *item)], network, vshift=vshift)
+    else:
+        from cals.sync_score import score_samples
 
-    return list(score_samples([(key, *item)], network, vshift=vshift, batch_size=batch_size))
+        scores = score_samples([(key, *item)], network, vshift=vshift, batch_size=batch_size)
+    return [replace(score, track=track, first_frame=first_frame) for score in scores]
 
 
 def score_path(
@@ -196,11 +266,15 @@ def score_path(
     device: str = "cpu",
     detector: str = "mediapipe",
     mediapipe_model: str = "short",
+    protocol: str = PROTOCOLS[0],
+    syncnet_python: SyncnetPythonParams = SyncnetPythonParams(),
 ) -> SyncReport:
     """Score every clip of ``path`` (a video, a folder of videos searched recursively, or a
     dataset folder with manifest.parquet) with ``model`` on ``device``, write ``json_out`` /
-    ``csv_out`` when given, and return the report. ``detector`` / ``mediapipe_model`` apply to
-    raw videos (as in ``cals-prep``).
+    ``csv_out`` when given, and return the report. ``protocol`` (:data:`PROTOCOLS`) says what the
+    scorer is fed; ``detector`` applies to raw videos under ``shards`` (as in ``cals-prep``),
+    ``mediapipe_model`` to ``shards`` and ``syncnet_python``; ``syncnet_python`` holds that
+    protocol's settings.
 
     Raises:
         ScoreSetupError: before any scoring, when the run cannot start.
@@ -211,9 +285,11 @@ def score_path(
         if out is not None and not out.parent.is_dir():
             raise ScoreSetupError(f"cannot write {out}: folder {out.parent} does not exist")
     kind, network = _load_scorer(model, _torch_device(device))
+    units, detector_note = _inputs(path, protocol, detector, mediapipe_model, syncnet_python)
     results: list[ClipScore] = []
-    for key, item in _inputs(path, detector, mediapipe_model):
-        results.extend(_score(kind, network, key, item, vshift, batch_size))
-    report = SyncReport(model=model, kind=kind, vshift=vshift, results=results, summary=summarise(results))
+    for unit in units:
+        results.extend(_score(kind, network, unit, vshift, batch_size))
+    report = SyncReport(model=model, kind=kind, protocol=protocol, detector=detector_note, vshift=vshift,
+                        results=results, summary=summarise(results))
     report.write(json_out, csv_out)
     return report
