@@ -43,8 +43,6 @@ SYNCNET_EMBED_DIM: Final[int] = 1024
 SYNCNET_VSHIFT: Final[int] = 15
 #: Windows per forward pass (syncnet_python's ``--batch_size`` default).
 SYNCNET_BATCH_SIZE: Final[int] = 20
-#: Median-filter kernel (windows) of the frame-wise confidence syncnet_python's ``evaluate`` prints.
-SYNCNET_FRAMEWISE_MEDIAN: Final[int] = 9
 #: The sync filter's default limits (``--max-offset``, ``--min-conf``): keep a clip whose AV
 #: offset is at most 3 video frames (120 ms) either way and whose SyncNet confidence is >= 3.0.
 SYNC_MAX_OFFSET: Final[int] = 3
@@ -98,3 +96,10 @@ EYE_CORNER_LANDMARKS: Final[tuple[int, int]] = (33, 263)
 #: Feathered seam of a generated face pasted back into its frame: the blend weight ramps from
 #: 0 at the crop box's edge to 1 at this share of the box side inside it.
 PASTE_FEATHER: Final[float] = 0.1
+
+# --- CALS training windows (cals.stream, cals.train.cals) ---
+
+#: A training window's reference frame is drawn outside [start - M, start + W + M): more than M
+#: frames from every target frame (M = 5: one sync-critic segment, 0.2 s), so no target sees its
+#: own mouth, or one of the nearly identical mouths next to it, in the identity input.
+REFERENCE_MARGIN_FRAMES: Final[int] = 5

@@ -5,6 +5,7 @@ decoding (the buffer holds compressed samples), decoding only the frames of the 
 
     shards (resampled, or split by rank then by worker)
       → tar samples → shuffle(buffer) → check compatibility → random window (decode)
+        [+ one reference frame from outside the window] [+ the window's utterance mel]
       → [noise at an SNR, mel recomputed with cals.mel] → [SpecAugment] → batch (pad + mask)
 
 Resampled (default): every rank and loader worker draws shards with replacement from its own
@@ -22,7 +23,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 import numpy as np
 import webdataset as wds
 
-from cals.constants import AUDIO_SAMPLES_PER_FRAME, MEL_HOP, MEL_ROWS_PER_FRAME, N_MELS, SAMPLE_RATE
+from cals.constants import AUDIO_SAMPLES_PER_FRAME, MEL_HOP, MEL_ROWS_PER_FRAME, N_MELS, REFERENCE_MARGIN_FRAMES, SAMPLE_RATE
 from cals.data import shard_paths
 from cals.mel import MEL_PARAMS, log_mel
 from cals.shard_format import FORMAT_VERSION, read_audio, read_frames, read_lip, read_meta, read_mel
@@ -34,7 +35,8 @@ class ShardMismatch(ValueError):
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Audio augmentation (off by default). Noise and SpecAugment as in the CALS paper.
+    """Audio augmentation (off by default: the neutral stream of validation and the sync
+    critic). Noise and SpecAugment as in the CALS paper; :data:`PAPER_AUGMENT` is the paper's.
 
     Attributes:
         noise_files: wav files of noise (any rate/channels: read, downmixed, resampled to 16 kHz).
@@ -53,6 +55,19 @@ class AugmentConfig:
     time_mask_rows: int = 10
     freq_masks: int = 0
     freq_mask_bins: int = 20
+
+
+#: The augmentation the A2L and CALS trainings (and the recipe) use unless told otherwise: the
+#: paper's SpecAugment, 2 time masks of up to 10 mel rows and 2 frequency masks of up to 20 bins
+#: per window (the paper gives the widths, not the counts: 2 each is SpecAugment's LibriSpeech
+#: "LD" policy). Noise needs noise files (the paper mixes DEMAND), so it is on only with them.
+PAPER_AUGMENT = AugmentConfig(time_masks=2, freq_masks=2)
+
+#: ``StreamConfig.reference`` rules: outside the window and its margin (training), or uniformly
+#: inside the window, targets included (the old rule, kept for ablations).
+REFERENCE_OUTSIDE = "outside"
+REFERENCE_IN_WINDOW = "in-window"
+REFERENCE_RULES = (REFERENCE_OUTSIDE, REFERENCE_IN_WINDOW)
 
 
 @dataclass(frozen=True)
@@ -74,6 +89,12 @@ class StreamConfig:
         lip_units: require ``lip.npy`` and batch it.
         lip_kind, lip_dim: expected ``json.lip_units`` kind and dim (None: take the shards').
         augment: audio augmentation.
+        reference: one reference frame per window from the same clip (needs ``frames``), by
+            :func:`reference_index`'s rule: ``"outside"`` or ``"in-window"``; None: none.
+        utterance_frames: > 0: also carry the window's *utterance mel* for Audio-to-Lip, the clip
+            cut into consecutive chunks of this many frames (as :meth:`CalsModel.lip_units` cuts
+            it at inference), the chunk holding the window: the whole clip when it is no longer
+            (see :func:`utterance_span`). 0: none.
     """
 
     shards: Any
@@ -91,6 +112,16 @@ class StreamConfig:
     lip_kind: Optional[str] = None
     lip_dim: Optional[int] = None
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    reference: Optional[str] = None
+    utterance_frames: int = 0
+
+    def __post_init__(self) -> None:
+        if self.reference is not None and self.reference not in REFERENCE_RULES:
+            raise ValueError(f"reference must be one of {', '.join(REFERENCE_RULES)}, got {self.reference!r}")
+        if self.reference is not None and not self.frames:
+            raise ValueError("a reference frame needs frames=True")
+        if self.utterance_frames < 0:
+            raise ValueError(f"utterance_frames must be >= 0, got {self.utterance_frames}")
 
 
 def check_compatible(meta: dict, config: StreamConfig) -> None:
@@ -118,21 +149,69 @@ def worker_seed(config: StreamConfig) -> int:
     return hash((config.seed, config.epoch, rank, worker)) & 0x7FFFFFFF
 
 
+def reference_index(total: int, start: int, length: int, rule: str, rng: random.Random) -> tuple[int, int]:
+    """The reference frame of the window ``[start, start + length)`` of a ``total``-frame clip.
+
+    Returns ``(index, gap)``: the frame index in the clip and its distance in frames to the
+    nearest target (0: inside the window). Rules (``M`` = ``REFERENCE_MARGIN_FRAMES``):
+
+    - ``"outside"``: uniform over the frames outside ``[start - M, start + length + M)``, so
+      ``gap > M``. A clip too short for any such frame gets the frame farthest from every target
+      instead (the clip's first or last frame; ``gap <= M``, the largest the clip allows, a tie
+      drawn at random). A window that covers the whole clip has no frame outside it: it gets the
+      clip's first frame, one of its own targets (``gap`` 0), as the paper's inference does. The
+      trainer counts these fallbacks (``reference_fallback`` in its metrics).
+    - ``"in-window"``: uniform over the window's frames, targets included (``gap`` 0): the old
+      rule, for ablations.
+    """
+    if rule == REFERENCE_IN_WINDOW:
+        return start + rng.randrange(length), 0
+    last = start + length - 1
+    before = max(0, start - REFERENCE_MARGIN_FRAMES)  # frames 0 .. before-1
+    after = max(0, total - 1 - last - REFERENCE_MARGIN_FRAMES)  # the last `after` frames
+    if before + after:
+        draw = rng.randrange(before + after)
+        index = draw if draw < before else total - after + (draw - before)
+    else:
+        left, right = start, total - 1 - last  # the gaps of the clip's first and last frames
+        tie = left == right and left > 0
+        index = 0 if left > right or not right or (tie and rng.random() < 0.5) else total - 1
+    return index, max(start - index, index - last, 0)
+
+
+def utterance_span(total: int, start: int, length: int, frames: int) -> tuple[int, int]:
+    """``(first, count)``: the chunk of ``frames`` frames holding the window ``[start, start +
+    length)`` when the clip is cut into consecutive chunks from frame 0 (the whole clip when
+    ``total <= frames``); a window straddling two chunks gets the ``frames`` frames ending at
+    its last frame."""
+    first = (start // frames) * frames
+    if start + length > first + frames:
+        first = start + length - frames
+    return first, min(frames, total - first)
+
+
 def cut_window(raw: dict, config: StreamConfig, rng: random.Random) -> dict[str, Any]:
     """Decode one random window of a raw sample.
 
     Returns a dict: ``key``, ``start`` and ``length`` (frames), ``frames`` (W,128,128,3) uint8
     (absent when ``config.frames`` is False), ``audio`` (640W,) int16, ``mel`` (4W, 80) float32,
-    ``lip`` (W, D) float32 when ``config.lip_units``; ``context_audio`` is the window's audio
-    plus up to one frame on each side (for augmentation), with ``context_offset`` samples before.
+    ``lip`` (W, D) float32 when ``config.lip_units``; with ``config.reference`` also
+    ``reference`` (128,128,3) uint8, ``reference_index`` (frame in the clip) and
+    ``reference_gap`` (frames to the nearest target; only that one extra frame is decoded); with
+    ``config.utterance_frames`` also ``utterance_mel`` (4U, 80) float32 and ``utterance_offset``
+    (frames from its first frame to the window's). ``context_audio`` is the audio of the window
+    (or of its utterance) plus up to one frame on each side (for augmentation), with
+    ``context_offset`` samples before the window's first sample.
     """
     meta = read_meta(raw)
     total = int(meta["num_frames"])
     length = min(total, config.window or config.max_frames, config.max_frames)
     start = rng.randint(0, total - length)
+    first, count = utterance_span(total, start, length, config.utterance_frames) if config.utterance_frames else (start, length)
     audio = read_audio(raw)
-    a0 = max(0, (start - 1) * AUDIO_SAMPLES_PER_FRAME)
-    a1 = min(audio.shape[0], (start + length + 1) * AUDIO_SAMPLES_PER_FRAME)
+    a0 = max(0, (first - 1) * AUDIO_SAMPLES_PER_FRAME)
+    a1 = min(audio.shape[0], (first + count + 1) * AUDIO_SAMPLES_PER_FRAME)
+    mel = read_mel(raw)
     window = {
         "key": raw["__key__"],
         "start": start,
@@ -140,10 +219,20 @@ def cut_window(raw: dict, config: StreamConfig, rng: random.Random) -> dict[str,
         "audio": audio[start * AUDIO_SAMPLES_PER_FRAME : (start + length) * AUDIO_SAMPLES_PER_FRAME],
         "context_audio": audio[a0:a1],
         "context_offset": start * AUDIO_SAMPLES_PER_FRAME - a0,
-        "mel": read_mel(raw)[start * MEL_ROWS_PER_FRAME : (start + length) * MEL_ROWS_PER_FRAME].astype(np.float32),
+        "mel": mel[start * MEL_ROWS_PER_FRAME : (start + length) * MEL_ROWS_PER_FRAME].astype(np.float32),
     }
+    if config.utterance_frames:
+        window["utterance_mel"] = mel[first * MEL_ROWS_PER_FRAME : (first + count) * MEL_ROWS_PER_FRAME].astype(np.float32)
+        window["utterance_offset"] = start - first
     if config.frames:
-        window["frames"] = read_frames(raw, meta, range(start, start + length))
+        indices = list(range(start, start + length))
+        if config.reference is not None:
+            index, gap = reference_index(total, start, length, config.reference, rng)
+            window["reference_index"], window["reference_gap"] = index, gap
+        decoded = read_frames(raw, meta, indices + [index] if config.reference is not None and gap else indices)
+        window["frames"] = decoded[:length]
+        if config.reference is not None:
+            window["reference"] = decoded[length] if gap else decoded[index - start].copy()
     if config.lip_units:
         lip = read_lip(raw)
         if lip is None:
@@ -167,6 +256,20 @@ def _load_noise(path: str) -> np.ndarray:
     return mono
 
 
+def noise_files_in(folder: Any) -> tuple[str, ...]:
+    """The ``.wav`` files under ``folder`` (recursively, sorted) for ``AugmentConfig.noise_files``.
+
+    Raises:
+        FileNotFoundError: the folder holds none.
+    """
+    from pathlib import Path
+
+    files = tuple(sorted(str(p) for p in Path(folder).rglob("*.wav")))
+    if not files:
+        raise FileNotFoundError(f"--noise-dir {folder} holds no .wav files")
+    return files
+
+
 def add_noise(window: dict, noises: Sequence[np.ndarray], augment: AugmentConfig, rng: random.Random) -> dict:
     """Mix a random noise excerpt into the window's audio at a random SNR, then recompute its mel
     with :func:`cals.mel.log_mel` (the pipeline's code), framed exactly as the shards' mel."""
@@ -185,7 +288,11 @@ def add_noise(window: dict, noises: Sequence[np.ndarray], augment: AugmentConfig
     mixed_int = np.clip(np.round(mixed), -32768, 32767).astype(np.int16)
     first_row = window["context_offset"] // MEL_HOP  # context_offset is a whole number of frames
     rows = window["length"] * MEL_ROWS_PER_FRAME
-    window["mel"] = log_mel(mixed_int)[first_row : first_row + rows]
+    mel = log_mel(mixed_int)
+    window["mel"] = mel[first_row : first_row + rows]
+    if "utterance_mel" in window:
+        utterance_row = first_row - window["utterance_offset"] * MEL_ROWS_PER_FRAME
+        window["utterance_mel"] = mel[utterance_row : utterance_row + window["utterance_mel"].shape[0]]
     start = window["context_offset"]
     window["audio"] = mixed_int[start : start + window["length"] * AUDIO_SAMPLES_PER_FRAME]
     window["snr_db"] = snr
@@ -194,8 +301,9 @@ def add_noise(window: dict, noises: Sequence[np.ndarray], augment: AugmentConfig
 
 def spec_augment(window: dict, augment: AugmentConfig, rng: random.Random) -> dict:
     """Zero ``time_masks`` spans of up to ``time_mask_rows`` mel rows and ``freq_masks`` spans
-    of up to ``freq_mask_bins`` mel bins (set to the mel floor, i.e. silence)."""
-    mel = window["mel"]
+    of up to ``freq_mask_bins`` mel bins (set to the mel floor, i.e. silence). With an utterance
+    mel the masks fall on it (what Audio-to-Lip reads) and the window's mel is its slice again."""
+    mel = window.get("utterance_mel", window["mel"])
     silence = np.float32(np.log10(MEL_PARAMS.floor))
     for _ in range(augment.time_masks):
         width = rng.randint(0, augment.time_mask_rows)
@@ -205,6 +313,9 @@ def spec_augment(window: dict, augment: AugmentConfig, rng: random.Random) -> di
         width = rng.randint(0, augment.freq_mask_bins)
         start = rng.randint(0, max(0, N_MELS - width))
         mel[:, start : start + width] = silence
+    if "utterance_mel" in window:
+        first = window["utterance_offset"] * MEL_ROWS_PER_FRAME
+        window["mel"] = mel[first : first + window["length"] * MEL_ROWS_PER_FRAME].copy()
     return window
 
 
@@ -213,7 +324,11 @@ def collate(windows: Sequence[dict]) -> dict[str, Any]:
 
     Returns torch tensors: ``frames`` (B, W, 128, 128, 3) uint8, ``mel`` (B, 4W, 80) float32,
     ``audio`` (B, 640W) int16, ``lip`` (B, W, D) float32 (when present), ``mask``, ``lengths``
-    (B,) int64, plus ``keys`` and ``starts`` lists.
+    (B,) int64, plus ``keys`` and ``starts`` lists. When the windows carry them:
+    ``reference`` (B, 128, 128, 3) uint8 with ``reference_index`` and ``reference_gap`` (B,)
+    int64 (:func:`cut_window`); ``utterance_mel`` (B, 4U, 80) float32 padded to the longest
+    utterance, ``utterance_mask`` (B, U) bool, ``utterance_lengths`` and ``utterance_offset``
+    (B,) int64 (the window's frame j is the utterance's frame ``utterance_offset + j``).
     """
     import torch
 
@@ -227,7 +342,7 @@ def collate(windows: Sequence[dict]) -> dict[str, Any]:
 
     def stack(name: str, per_frame: int, dtype) -> None:
         first = windows[0][name]
-        out = np.zeros((len(windows), longest * per_frame, *first.shape[1:]), dtype=dtype)
+        out = np.zeros((len(windows), max(w[name].shape[0] for w in windows), *first.shape[1:]), dtype=dtype)
         for i, w in enumerate(windows):
             out[i, : w[name].shape[0]] = w[name]
         batch[name] = torch.from_numpy(out)
@@ -238,6 +353,15 @@ def collate(windows: Sequence[dict]) -> dict[str, Any]:
         stack("frames", 1, np.uint8)
     if "lip" in windows[0]:
         stack("lip", 1, np.float32)
+    if "reference" in windows[0]:
+        batch["reference"] = torch.from_numpy(np.stack([w["reference"] for w in windows]))
+        for name in ("reference_index", "reference_gap"):
+            batch[name] = torch.tensor([w[name] for w in windows], dtype=torch.int64)
+    if "utterance_mel" in windows[0]:
+        stack("utterance_mel", MEL_ROWS_PER_FRAME, np.float32)
+        batch["utterance_lengths"] = torch.tensor([w["utterance_mel"].shape[0] // MEL_ROWS_PER_FRAME for w in windows], dtype=torch.int64)
+        batch["utterance_mask"] = torch.arange(int(batch["utterance_lengths"].max()))[None, :] < batch["utterance_lengths"][:, None]
+        batch["utterance_offset"] = torch.tensor([w["utterance_offset"] for w in windows], dtype=torch.int64)
     return batch
 
 
@@ -331,6 +455,10 @@ def mean_lip_unit(source: Any, split: str = "train", limit: int = 10_000) -> Opt
 
 
 __all__ = [
+    "PAPER_AUGMENT",
+    "REFERENCE_IN_WINDOW",
+    "REFERENCE_OUTSIDE",
+    "REFERENCE_RULES",
     "AugmentConfig",
     "ShardMismatch",
     "StreamConfig",
@@ -340,4 +468,7 @@ __all__ = [
     "make_dataset",
     "make_loader",
     "mean_lip_unit",
+    "noise_files_in",
+    "reference_index",
+    "utterance_span",
 ]

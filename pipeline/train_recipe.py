@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from cals.stream import PAPER_AUGMENT, AugmentConfig
+
 #: Stage folders under the recipe's ``out``.
 STAGES = ("sync", "a2l", "cals")
 #: Largest plateau-rule period the recipe uses, steps (CalsLossConfig's default).
@@ -43,6 +45,8 @@ class RecipeConfig:
         lip_model: the lip-unit model for stage 2 (None: the stage-1 critic).
         workers: Ray actors of stage 2 (None: one per CPU).
         tiny: small widths everywhere (tests).
+        augment: audio augmentation of the A2L and CALS stages (the paper's SpecAugment by
+            default; noise only with noise files).
     """
 
     steps_per_stage: int = 1000
@@ -55,6 +59,7 @@ class RecipeConfig:
     lip_model: Optional[str] = None
     workers: Optional[int] = None
     tiny: bool = False
+    augment: AugmentConfig = PAPER_AUGMENT
 
 
 def stage_done(folder: Path, steps: int) -> bool:
@@ -133,7 +138,7 @@ def run_recipe(shards: str | Path, out: str | Path, config: RecipeConfig = Recip
         done["a2l"] = "skipped"
     else:
         log(f"stage 3/4: Audio-to-Lip → {folders['a2l']}")
-        run(A2LTask(a2l, lip_kind=spec.get("kind")), _train(shards, folders["a2l"], config, None), show_progress)
+        run(A2LTask(a2l, lip_kind=spec.get("kind"), augment=config.augment), _train(shards, folders["a2l"], config, None), show_progress)
         done["a2l"] = "trained"
 
     # 4. CALS
@@ -143,7 +148,7 @@ def run_recipe(shards: str | Path, out: str | Path, config: RecipeConfig = Recip
         model_config, disc = CalsConfig(a2l=a2l, l2f=LipToFaceConfig(unit_dim=unit_dim)), DiscriminatorConfig()
     window = model_config.window
     losses = CalsLossConfig(plateau_steps=max(1, min(PLATEAU_STEPS_MAX, steps // PLATEAU_CHECKS_PER_STAGE)))
-    task = CalsTask(model_config, losses, disc, a2l_init=str(folders["a2l"]),
+    task = CalsTask(model_config, losses, disc, a2l_init=str(folders["a2l"]), augment=config.augment,
                     critic=str(folders["sync"]), preview_every=max(1, steps // PLATEAU_CHECKS_PER_STAGE))
     if stage_done(folders["cals"], steps):
         done["cals"] = "skipped"

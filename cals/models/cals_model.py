@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import nn
@@ -92,11 +92,23 @@ class CalsModel(nn.Module):
             parts.append(self.a2l(piece, real))
         return torch.cat(parts, dim=1)
 
-    def forward(self, mel: torch.Tensor, real: torch.Tensor, reference: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
-        """Training form: ``mel (B, 4T, 80)``, ``real (B, T)`` bool (True = real frame),
-        ``reference (B, 3, H, W)``, ``prior (B, T, 3, H, W)`` pose priors → ``(B, T, 3, H, W)``.
-        A2L runs unmasked on the window's audio."""
-        return self.generator(self.a2l(mel, real), reference, prior)
+    def window_units(self, mel: torch.Tensor, real: torch.Tensor, offset: Optional[torch.Tensor], frames: int) -> torch.Tensor:
+        """The lip units of a window of ``frames`` frames: A2L run unmasked over ``mel (B, 4U, 80)``
+        with ``real (B, U)`` bool (True = real frame), then sliced at ``offset (B,)`` int64 (the
+        window's first frame in the utterance; None: the mel is the window's own, U = frames)
+        → ``(B, frames, D)``. Positions past an utterance's end (padding) repeat its last unit."""
+        units = self.a2l(mel, real)
+        if offset is None:
+            return units
+        index = (offset.to(units.device)[:, None] + torch.arange(frames, device=units.device)[None]).clamp(max=units.shape[1] - 1)
+        return units.gather(1, index[..., None].expand(-1, -1, units.shape[-1]))
+
+    def forward(self, mel: torch.Tensor, real: torch.Tensor, reference: torch.Tensor, prior: torch.Tensor,
+                offset: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Training form: ``reference (B, 3, H, W)``, ``prior (B, W, 3, H, W)`` pose priors, and the
+        audio as :meth:`window_units` reads it (``mel``, ``real``, ``offset``) → ``(B, W, 3, H, W)``.
+        With ``offset`` A2L reads the whole utterance, as at inference (:meth:`generate`)."""
+        return self.generator(self.window_units(mel, real, offset, prior.shape[1]), reference, prior)
 
     @torch.no_grad()
     def generate(self, mel: torch.Tensor, reference: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

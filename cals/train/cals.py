@@ -4,18 +4,30 @@ Lip-to-Face trained end to end against a frame discriminator and, later, the fro
 
 One step on a batch of windows ``(B, W)`` (W = ``CalsConfig.window`` frames):
 
-1. **Inputs.** Targets I are the window's frames. Each window gets one *reference frame*, a
-   frame of the same window drawn uniformly at random (the paper: "a random reference frame";
-   drawing it inside the window keeps the identity, lighting and background of the targets;
-   1 in W targets is then its own reference, which the pose prior's masked mouth does not
-   otherwise reveal). Each target's *pose prior* is the target with its lower half zeroed.
-   A2L reads the window's audio unmasked; the generator makes all W frames in parallel.
+1. **Inputs.** Targets I are the window's frames. Each window gets one *reference frame* (the
+   paper: "a random reference frame") from the same clip, drawn by the stream
+   (:func:`cals.stream.reference_index`) outside the window and ``REFERENCE_MARGIN_FRAMES``
+   frames around it (``reference="outside"``), so no target is its own reference or next to it
+   (a frame within ±2 has nearly the same mouth: with the old draw inside the window, 1 target
+   in W was its own reference and ~20 % had one within ±2 frames). Clips too short for that get
+   the frame farthest from every target; the share of such windows is logged as
+   ``reference_fallback``. ``reference="in-window"`` keeps the old draw, for ablations. Each
+   target's *pose prior* is the target with its lower half zeroed. A2L reads the audio unmasked:
+   with ``a2l_context="utterance"`` (default, the paper's) the window's whole utterance (the
+   clip, in chunks of ``A2LConfig.max_frames`` frames, exactly as :meth:`CalsModel.generate`
+   reads it at inference) and its output is sliced to the window's frames;
+   ``a2l_context="window"`` gives A2L the window's audio only (the old way: positions 0..W−1,
+   unlike inference). The mel is augmented by ``augment`` (the paper's SpecAugment by default).
+   The generator makes all W frames in parallel.
 2. **Generator loss** ``L_gen = λ1 L_recon + λ2 L_gan + λ3 L_sync`` (λ = 10 / 0.07 / 0.03):
    L1 reconstruction; the non-saturating GAN loss −log D(Î) (see
    :func:`cals.losses.generator_gan_loss` for why not the paper's log(1 − D(Î))); and
-   ``L_sync = d_av + d_vv`` from the frozen sync critic on S segments of t_s = 5 frames drawn
-   at distinct random positions of each window (S = ``sync_segments``; the paper does not give
-   it). Gradients reach the generator through the critic, whose weights never change.
+   ``L_sync = d_av + d_vv`` from the frozen sync critic on S non-overlapping segments of
+   t_s = 5 frames at random positions of each window (S = ``sync_segments``; the paper does not
+   give it). Non-overlapping because d_vv contrasts each generated segment with the *other*
+   ground-truth segments of its window: overlapping ones share frames, so the contrast would ask
+   the critic to tell nearly identical segments apart. Gradients reach the generator through
+   the critic, whose weights never change.
 3. **Discriminator loss** ``−log D(I) − log(1 − D(Î))`` on real and (detached) generated frames,
    with its own Adam at the same learning rate.
 
@@ -23,8 +35,9 @@ One step on a batch of windows ``(B, W)`` (W = ``CalsConfig.window`` frames):
 "when the reconstruction loss has converged". With ``sync_after`` set, λ3 is on from that step.
 Otherwise the *plateau rule*: an exponential moving average of L_recon (decay ``ema_decay``)
 is compared every ``plateau_steps`` steps with its value ``plateau_steps`` steps earlier; the
-first time it improved by less than ``plateau_tol`` (relative), λ3 is on for good. Without a
-critic λ3 is 0 throughout, and the run's config says so.
+first time it improved by less than ``plateau_tol`` (relative), λ3 is on for good. Under DDP
+the compared average is the mean over ranks (one all-reduce per comparison), so every rank
+switches at the same step. Without a critic λ3 is 0 throughout, and the run's config says so.
 
 **Validation** (fixed val windows): L1 and PSNR of the generated frames, with the paper's
 inference inputs (the window's first frame as reference, pose priors from the targets), next to
@@ -43,23 +56,30 @@ import random
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import numpy as np
 import torch
 
-from cals.constants import LIP_WINDOW_FRAMES, MEL_ROWS_PER_FRAME
+from cals.constants import LIP_WINDOW_FRAMES, MEL_ROWS_PER_FRAME, REFERENCE_MARGIN_FRAMES
 from cals.losses import discriminator_loss, generator_gan_loss, reconstruction_loss, sync_av_loss, sync_vv_loss
 from cals.models.a2l import A2LConfig
 from cals.models.cals_model import TASK_NAME, CalsConfig, CalsModel
 from cals.models.discriminator import DiscriminatorConfig, PatchDiscriminator
 from cals.models.l2f import pose_prior
+from cals.settings import json_ready
+from cals.stream import PAPER_AUGMENT, REFERENCE_OUTSIDE, REFERENCE_RULES, AugmentConfig
 from cals.train.config import TrainConfig
 
 #: Frames (columns) of a preview image.
 PREVIEW_FRAMES = 8
 #: Folder of preview PNGs inside the run folder.
 PREVIEW_DIR = "previews"
+#: ``CalsTask.a2l_context``: A2L reads the window's whole utterance (the paper's, and what
+#: inference does), or the window's audio only (the old way, for ablations).
+A2L_CONTEXT_UTTERANCE = "utterance"
+A2L_CONTEXT_WINDOW = "window"
+A2L_CONTEXTS = (A2L_CONTEXT_UTTERANCE, A2L_CONTEXT_WINDOW)
 
 
 @dataclass(frozen=True)
@@ -105,7 +125,9 @@ class CalsLossConfig:
 class SyncSchedule:
     """Whether λ3 is on at a step (module docstring): ``active(step)`` before the step's loss,
     ``observe(step, recon)`` after it. Latched: once on, on for good. ``state()`` /
-    ``load_state()`` carry it across a resume."""
+    ``load_state()`` carry it across a resume. ``reduce`` maps this rank's moving average to
+    the one every rank decides on (under DDP: the mean over ranks, :func:`mean_over_ranks`;
+    None: this process's own); every rank calls it at the same steps."""
 
     sync_after: Optional[int] = None
     ema_decay: float = 0.98
@@ -115,10 +137,11 @@ class SyncSchedule:
     ema: Optional[float] = None
     reference_ema: Optional[float] = None
     switched_at: Optional[int] = None
+    reduce: Optional[Callable[[float], float]] = None
 
     @classmethod
-    def from_config(cls, losses: CalsLossConfig, enabled: bool) -> "SyncSchedule":
-        return cls(losses.sync_after, losses.ema_decay, losses.plateau_steps, losses.plateau_tol, enabled)
+    def from_config(cls, losses: CalsLossConfig, enabled: bool, reduce: Optional[Callable[[float], float]] = None) -> "SyncSchedule":
+        return cls(losses.sync_after, losses.ema_decay, losses.plateau_steps, losses.plateau_tol, enabled, reduce=reduce)
 
     def active(self, step: int) -> bool:
         if not self.enabled:
@@ -135,9 +158,10 @@ class SyncSchedule:
         done = step + 1
         if self.sync_after is not None or self.switched_at is not None or done % self.plateau_steps:
             return
-        if self.reference_ema is not None and self.reference_ema - self.ema < self.plateau_tol * abs(self.reference_ema):
+        ema = self.ema if self.reduce is None else self.reduce(self.ema)
+        if self.reference_ema is not None and self.reference_ema - ema < self.plateau_tol * abs(self.reference_ema):
             self.switched_at = done
-        self.reference_ema = self.ema
+        self.reference_ema = ema
 
     def state(self) -> dict[str, Any]:
         return {"ema": self.ema, "reference_ema": self.reference_ema, "switched_at": self.switched_at}
@@ -163,6 +187,13 @@ def psnr(generated: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return -10.0 * torch.log10(mse)
 
 
+def mean_over_ranks(value: float, device: torch.device) -> float:
+    """The mean of ``value`` over the DDP ranks (an all-reduce on ``device``: every rank must call it)."""
+    total = torch.tensor([value], dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(total)
+    return float(total.item()) / torch.distributed.get_world_size()
+
+
 def _rank() -> int:
     return torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
 
@@ -170,6 +201,11 @@ def _rank() -> int:
 def _as_frames(batch: dict[str, Any], device: torch.device) -> torch.Tensor:
     """``(B, W, H, W, 3)`` uint8 → ``(B, W, 3, H, W)`` float [0, 1] on ``device``."""
     return batch["frames"].to(device, non_blocking=True).permute(0, 1, 4, 2, 3).float().div_(255.0)
+
+
+def _as_reference(batch: dict[str, Any], device: torch.device) -> torch.Tensor:
+    """The stream's reference frames ``(B, H, W, 3)`` uint8 → ``(B, 3, H, W)`` float [0, 1]."""
+    return batch["reference"].to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
 
 
 @dataclass
@@ -184,6 +220,10 @@ class CalsTask:
         critic: a sync-critic run folder (or checkpoint), frozen (None: no L_sync).
         freeze_a2l: keep A2L fixed (eval mode, no gradient step).
         preview_every: steps between preview images (0: none).
+        reference: the training reference rule, ``"outside"`` or ``"in-window"`` (ablation;
+            module docstring).
+        a2l_context: ``"utterance"`` or ``"window"`` (ablation): what A2L reads in training.
+        augment: audio augmentation of the training windows (validation is never augmented).
     """
 
     config: CalsConfig
@@ -193,8 +233,17 @@ class CalsTask:
     critic: Optional[str] = None
     freeze_a2l: bool = False
     preview_every: int = 0
+    reference: str = REFERENCE_OUTSIDE
+    a2l_context: str = A2L_CONTEXT_UTTERANCE
+    augment: AugmentConfig = PAPER_AUGMENT
     name: str = TASK_NAME
     logger: Any = None  # set by the loop (images to TensorBoard)
+
+    def __post_init__(self) -> None:
+        if self.reference not in REFERENCE_RULES:
+            raise ValueError(f"reference must be one of {', '.join(REFERENCE_RULES)}, got {self.reference!r}")
+        if self.a2l_context not in A2L_CONTEXTS:
+            raise ValueError(f"a2l_context must be one of {', '.join(A2L_CONTEXTS)}, got {self.a2l_context!r}")
 
     def notes(self) -> list[str]:
         """Warnings about this run's settings (also written to config.json)."""
@@ -203,15 +252,21 @@ class CalsTask:
             notes.append("no --critic: lambda_sync is 0 throughout (no sync loss)")
         if self.a2l_init is None:
             notes.append("no --a2l: Audio-to-Lip starts from random weights")
+        if self.reference != REFERENCE_OUTSIDE:
+            notes.append(f"--reference {self.reference}: the reference frame may be a target (ablation)")
+        if self.a2l_context != A2L_CONTEXT_UTTERANCE:
+            notes.append(f"--a2l-context {self.a2l_context}: A2L reads only the window in training, the whole clip at inference (ablation)")
         return notes
 
     def task_config(self) -> dict[str, Any]:
         return {"model": self.config.to_dict(), "loss": self.losses.to_dict(), "discriminator": self.discriminator.to_dict(),
                 "a2l_init": self.a2l_init, "critic": self.critic, "freeze_a2l": self.freeze_a2l,
-                "preview_every": self.preview_every, "warnings": self.notes()}
+                "preview_every": self.preview_every, "reference": self.reference, "a2l_context": self.a2l_context,
+                "augment": json_ready(self.augment), "warnings": self.notes()}
 
     def stream_overrides(self) -> dict[str, Any]:
-        return {"frames": True, "lip_units": False}
+        return {"frames": True, "lip_units": False, "reference": self.reference, "augment": self.augment,
+                "utterance_frames": self.config.a2l.max_frames if self.a2l_context == A2L_CONTEXT_UTTERANCE else 0}
 
     # --- setup ---
 
@@ -248,7 +303,8 @@ class CalsTask:
 
             self.critic_module = load_critic(self.critic, device).eval().requires_grad_(False)
         self.t_s = getattr(getattr(self.critic_module, "config", None), "t_s", LIP_WINDOW_FRAMES)
-        self.schedule = SyncSchedule.from_config(self.losses, enabled=self.critic_module is not None)
+        reduce = (lambda value: mean_over_ranks(value, device)) if distributed else None
+        self.schedule = SyncSchedule.from_config(self.losses, enabled=self.critic_module is not None, reduce=reduce)
         self.rng = random.Random(train.seed)
         self.autocast = device.type == "cuda" and train.amp
         self._preview: Optional[dict[str, Any]] = None
@@ -261,20 +317,27 @@ class CalsTask:
         if self.freeze_a2l:
             self.module.a2l.eval()
 
-    def _references(self, lengths: torch.Tensor) -> torch.Tensor:
-        """One random real frame index per window."""
-        return torch.tensor([self.rng.randrange(int(n)) for n in lengths.tolist()], dtype=torch.long)
+    def audio_inputs(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+        """``(mel, real, offset)`` for :meth:`CalsModel.window_units`: the utterance mel, its mask and
+        the windows' offsets in it (``a2l_context="utterance"``), or the window's mel and mask."""
+        if self.a2l_context == A2L_CONTEXT_UTTERANCE:
+            return (batch["utterance_mel"].to(self.device), batch["utterance_mask"].to(self.device),
+                    batch["utterance_offset"].to(self.device))
+        return batch["mel"].to(self.device), batch["mask"].to(self.device), None
 
     def _segment_starts(self, lengths: torch.Tensor, count: int) -> Optional[torch.Tensor]:
-        """``(B, S)`` distinct random segment starts inside each window's real frames, S =
-        min(count, the shortest window's number of segment positions); None when a window is
-        shorter than t_s."""
-        positions = int(lengths.min()) - self.t_s + 1
-        if positions < 1:
+        """``(B, S)`` random starts of S non-overlapping t_s-frame segments inside each window's
+        real frames, sorted, S = min(count, segments that fit in the shortest window); None when
+        a window is shorter than t_s. Placement: with ``free = n − S·t_s`` spare frames, S sorted
+        draws ``u_i`` from ``0..free`` put segment i at ``u_i + i·t_s``."""
+        segments = min(count, int(lengths.min()) // self.t_s)
+        if segments < 1:
             return None
-        segments = min(count, positions)
-        return torch.tensor([sorted(self.rng.sample(range(int(n) - self.t_s + 1), segments)) for n in lengths.tolist()],
-                            dtype=torch.long)
+        starts = []
+        for n in lengths.tolist():
+            draws = sorted(self.rng.randint(0, int(n) - segments * self.t_s) for _ in range(segments))
+            starts.append([u + i * self.t_s for i, u in enumerate(draws)])
+        return torch.tensor(starts, dtype=torch.long)
 
     def sync_losses(self, generated: torch.Tensor, target: torch.Tensor, mel: torch.Tensor, starts: torch.Tensor) -> dict[str, torch.Tensor]:
         """d_av and d_vv on the segments starting at ``starts`` (B, S); gradients flow into
@@ -300,10 +363,10 @@ class CalsTask:
                 group["lr"] = lr
         target = _as_frames(batch, self.device)
         mel, real = batch["mel"].to(self.device), batch["mask"].to(self.device)
-        index = self._references(batch["lengths"]).to(self.device)
-        reference = target[torch.arange(target.shape[0], device=self.device), index]
+        reference = _as_reference(batch, self.device)
+        a2l_mel, a2l_real, offset = self.audio_inputs(batch)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            generated = self.model(mel, real, reference, pose_prior(target))
+            generated = self.model(a2l_mel, a2l_real, reference, pose_prior(target), offset)
         generated = generated.float()
         fake_frames, real_frames = generated[real], target[real]
 
@@ -317,7 +380,7 @@ class CalsTask:
         gan = generator_gan_loss(fake_logits.float())
         self.disc_module.requires_grad_(True)
         loss = self.losses.lambda_recon * recon + self.losses.lambda_gan * gan
-        metrics: dict[str, float] = {}
+        metrics: dict[str, float] = {"reference_fallback": float((batch["reference_gap"] <= REFERENCE_MARGIN_FRAMES).float().mean())}
         starts = self._segment_starts(batch["lengths"], self.losses.sync_segments) if sync_on else None
         if starts is not None:
             sync = self.sync_losses(generated, target, mel, starts)
@@ -352,13 +415,13 @@ class CalsTask:
     @torch.no_grad()
     def evaluate_batch(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The paper's inference inputs on a batch: the window's first frame as reference, pose
-        priors from the targets. Returns ``(reference (B, 3, H, W), target, generated)``, the
-        last two ``(B, W, 3, H, W)``."""
+        priors from the targets, A2L as in training (``a2l_context``). Returns ``(reference
+        (B, 3, H, W), target, generated)``, the last two ``(B, W, 3, H, W)``."""
         self.module.eval()
         target = _as_frames(batch, self.device)
-        mel, real = batch["mel"].to(self.device), batch["mask"].to(self.device)
         reference = target[:, 0]
-        generated = self.module(mel, real, reference, pose_prior(target)).float()
+        a2l_mel, a2l_real, offset = self.audio_inputs(batch)
+        generated = self.module(a2l_mel, a2l_real, reference, pose_prior(target), offset).float()
         return reference, target, generated
 
     @torch.no_grad()
@@ -410,8 +473,9 @@ class CalsTask:
                 shard_paths(self.train.shards, split)
             except FileNotFoundError:
                 split = self.train.train_split
+            overrides = {**self.stream_overrides(), "augment": AugmentConfig()}
             config = StreamConfig(shards=self.train.shards, split=split, batch_size=1, window=self.config.window,
-                                  resampled=False, shuffle_buffer=0, num_workers=0, seed=self.train.seed, frames=True)
+                                  resampled=False, shuffle_buffer=0, num_workers=0, seed=self.train.seed, **overrides)
             self._preview = next(iter(make_loader(replace(config, epoch=0))))
         return self._preview
 
@@ -465,4 +529,5 @@ class CalsTask:
         self.rng.setstate(state["task_rng"])
 
 
-__all__ = ["CalsLossConfig", "CalsTask", "SyncSchedule", "a2l_config_of_run", "psnr"]
+__all__ = ["A2L_CONTEXTS", "A2L_CONTEXT_UTTERANCE", "A2L_CONTEXT_WINDOW", "CalsLossConfig", "CalsTask", "SyncSchedule",
+           "a2l_config_of_run", "mean_over_ranks", "psnr"]
