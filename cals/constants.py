@@ -43,6 +43,8 @@ SYNCNET_EMBED_DIM: Final[int] = 1024
 SYNCNET_VSHIFT: Final[int] = 15
 #: Windows per forward pass (syncnet_python's ``--batch_size`` default).
 SYNCNET_BATCH_SIZE: Final[int] = 20
+#: Median-filter kernel (windows) of the frame-wise confidence syncnet_python's ``evaluate`` prints.
+SYNCNET_FRAMEWISE_MEDIAN: Final[int] = 9
 #: The sync filter's default limits (``--max-offset``, ``--min-conf``): keep a clip whose AV
 #: offset is at most 3 video frames (120 ms) either way and whose SyncNet confidence is >= 3.0.
 SYNC_MAX_OFFSET: Final[int] = 3
