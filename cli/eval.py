@@ -11,13 +11,12 @@ and the FaceMesh mouth-aperture correlation: the rows only an audio-driven model
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.console import Console
-from cli.common import err, fail
+from cli.common import err, fail, run_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0])
 
@@ -54,8 +53,7 @@ def evaluate(
 
 
 def main() -> None:
-    os.environ.setdefault("GLOG_minloglevel", "2")
-    app()
+    raise SystemExit(run_app(app))
 
 
 if __name__ == "__main__":

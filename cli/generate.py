@@ -7,7 +7,6 @@ as long as the audio. See :mod:`pipeline.lipsync_video` for the chain.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import typer
@@ -15,7 +14,7 @@ from rich.console import Console
 
 from cals.constants import PASTE_FEATHER
 from pipeline.io import ENCODE_CRF
-from cli.common import DetectorName, MediapipeModel, fail
+from cli.common import DetectorName, MediapipeModel, fail, run_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0])
 
@@ -79,8 +78,7 @@ def generate(
 
 
 def main() -> None:
-    os.environ.setdefault("GLOG_minloglevel", "2")
-    app()
+    raise SystemExit(run_app(app))
 
 
 if __name__ == "__main__":

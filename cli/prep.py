@@ -9,7 +9,6 @@ one library call".
 
 from __future__ import annotations
 
-import os
 import sys
 from enum import Enum
 from pathlib import Path
@@ -19,7 +18,7 @@ import typer
 from rich.console import Console
 
 from cals.constants import SYNC_MAX_OFFSET, SYNC_MIN_CONF, SYNCNET_BATCH_SIZE, SYNCNET_VSHIFT
-from cli.common import DetectorName, MediapipeModel, err, fail, keyword_parameters, plain_values, register_command
+from cli.common import DetectorName, MediapipeModel, err, fail, keyword_parameters, plain_values, register_command, run_app
 from pipeline.prep_job import NothingPrepared, PrepJobError, PrepOptions, prepare_dataset
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0], rich_markup_mode=None)
@@ -266,8 +265,7 @@ def stats(dataset: Path = typer.Argument(..., help="A dataset folder written by 
 
 
 def main() -> None:
-    os.environ.setdefault("GLOG_minloglevel", "2")
-    app()
+    raise SystemExit(run_app(app))
 
 
 if __name__ == "__main__":

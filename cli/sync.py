@@ -10,7 +10,6 @@ are, resized to 224: Wav2Lip's LRS2/LRS3 protocol).
 
 from __future__ import annotations
 
-import os
 from dataclasses import replace
 from enum import Enum
 from pathlib import Path
@@ -23,7 +22,7 @@ from rich.table import Table
 from cals.constants import SYNCNET_BATCH_SIZE, SYNCNET_VSHIFT
 from pipeline.sync_protocols import SyncnetPythonParams
 from pipeline.sync_report import PROTOCOLS
-from cli.common import DetectorName, MediapipeModel, err, fail
+from cli.common import DetectorName, MediapipeModel, err, fail, run_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0])
 
@@ -97,8 +96,7 @@ def _root() -> None:
 
 
 def main() -> None:
-    os.environ.setdefault("GLOG_minloglevel", "2")
-    app()
+    raise SystemExit(run_app(app))
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from cals.stream import AugmentConfig, StreamConfig
 from cals.train.cals import CalsLossConfig, CalsTask
 from cals.train.config import TrainConfig
 from cals.train.sync_critic import SyncLossConfig
-from cli.common import err, fail, keyword_parameters, register_command
+from cli.common import err, fail, keyword_parameters, one_line, register_command, run_app
 from pipeline.train_recipe import RecipeConfig
 
 
@@ -121,7 +121,10 @@ def train_settings(common: dict[str, Any], config_file: Optional[Path], ctx: typ
     own, so a key left out of the file keeps its default)."""
     if config_file is None:
         return common
-    from_file = json.loads(config_file.read_text(encoding="utf-8"))
+    try:
+        from_file = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ValueError(f"--config {config_file}: {one_line(error)}") from error
     if not isinstance(from_file, dict):
         raise ValueError(f"--config {config_file} must hold a JSON object of training settings")
     return {**from_file, **{k: v for k, v in common.items() if _given(ctx, k)}}
@@ -273,12 +276,7 @@ def syncnet(
 
 
 def main() -> None:
-    os.environ.setdefault("GLOG_minloglevel", "2")
-    try:
-        app()
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    code = run_app(app)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # Under torchrun, a rank sometimes aborted in interpreter teardown after finishing
         # ("terminate called without an active exception", ~1 run in 10 under load): a

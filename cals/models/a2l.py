@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from cals.constants import MEL_ROWS_PER_FRAME, N_MELS
+from cals.errors import require_fraction, require_positive
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,15 @@ class A2LConfig:
     mask_span: int = 5
     mask_ratio: float = 0.5
     max_frames: int = 1000
+
+    def __post_init__(self) -> None:
+        require_positive(self, "unit_dim", "layers", "d_model", "ffn", "heads", "mask_span", "max_frames")
+        if self.d_model % self.heads:
+            raise ValueError(f"--heads {self.heads} must divide --d-model {self.d_model} (each head gets d_model / heads dims)")
+        if self.d_model % 2:
+            raise ValueError(f"--d-model must be even (sine/cosine position pairs), got {self.d_model}")
+        require_fraction(self, "dropout")
+        require_fraction(self, "mask_ratio", closed=True)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from cals.models.l2f import group_norm
+from cals.errors import require_positive
 from cals.settings import from_checked_dict, json_ready
 
 #: Slope of the LeakyReLUs (pix2pix's).
@@ -41,6 +42,7 @@ class DiscriminatorConfig:
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
         if len(self.widths) < 2:
             raise ValueError(f"widths needs at least 2 layers, got {self.widths}")
+        require_positive(self, "widths")
 
     def to_dict(self) -> dict[str, Any]:
         return json_ready(self)

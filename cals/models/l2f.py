@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cals.constants import CROP_SIZE, SYNCNET_EMBED_DIM
+from cals.errors import require_positive
 from cals.settings import from_checked_dict, json_ready
 
 #: Channels of the identity encoder's input: reference RGB + pose-prior RGB.
@@ -76,6 +77,7 @@ class LipToFaceConfig:
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
         if len(self.widths) < 2:
             raise ValueError(f"widths needs at least 2 stages, got {self.widths}")
+        require_positive(self, "unit_dim", "widths", "lip_channels", "crop_size")
         if self.crop_size % 2 ** (len(self.widths) - 1):
             raise ValueError(f"crop_size {self.crop_size} is not divisible by 2^{len(self.widths) - 1} ({len(self.widths)} stages)")
 

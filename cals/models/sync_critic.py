@@ -53,6 +53,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cals.constants import CROP_SIZE, LIP_WINDOW_FRAMES, MEL_ROWS_PER_FRAME, N_MELS
+from cals.errors import require_positive
 from cals.settings import from_checked_dict, json_ready
 
 #: ``config.json`` ``"task"`` of a sync-critic run folder.
@@ -94,6 +95,7 @@ class SyncCriticConfig:
         object.__setattr__(self, "mouth_size", tuple(int(v) for v in self.mouth_size))
         object.__setattr__(self, "video_channels", tuple(int(v) for v in self.video_channels))
         object.__setattr__(self, "audio_channels", tuple(int(v) for v in self.audio_channels))
+        require_positive(self, "embed_dim", "video_channels", "audio_channels", "pixel_std", "mel_std")
         if self.t_s < 3:
             raise ValueError(f"t_s must be >= 3 frames, got {self.t_s}")
         if len(self.video_channels) != TRUNK_CONVS or len(self.audio_channels) != TRUNK_CONVS:
