@@ -26,6 +26,21 @@ MEL_ROWS_PER_FRAME: Final[int] = AUDIO_SAMPLES_PER_FRAME // MEL_HOP
 #: Side of the square face crop stored in the shards, pixels.
 CROP_SIZE: Final[int] = 128
 
+#: The pose prior's mask line: rows MASK_TOP_ROW .. CROP_SIZE - 1 of a crop (the lower half) are
+#: hidden from the generator (:func:`cals.models.l2f.pose_prior`), painted by it and pasted back
+#: (:func:`cals.inference.paste_face`). The crop geometry (:class:`pipeline.stages.crop.CropParams`)
+#: puts the top of the upper lip below it, by measurement (docs/shard-format.md).
+MASK_TOP_ROW: Final[int] = CROP_SIZE // 2
+#: Rows the top of the upper lip should stay below the mask line: ``cals-prep verify`` warns on a
+#: clip whose lip-top 1st percentile is above MASK_TOP_ROW + MASK_LIP_MARGIN_ROWS.
+MASK_LIP_MARGIN_ROWS: Final[int] = 3
+#: Crops of each prepared clip that FaceMesh measures the lip-top row on (evenly spaced, first
+#: and last included; ~30 ms per crop on one CPU core).
+LIP_TOP_SAMPLES: Final[int] = 16
+#: FaceMesh landmarks along the top edge of the upper lip (cupid's bow 0, 37, 267 and 39, 269
+#: beside it): the lip-top row of a crop is the smallest y among them.
+UPPER_LIP_TOP_LANDMARKS: Final[tuple[int, ...]] = (0, 37, 267, 39, 269)
+
 #: Frames in one lip-motion window (SyncNet input), centred on the frame it describes.
 LIP_WINDOW_FRAMES: Final[int] = 5
 

@@ -4,7 +4,7 @@ crops, loop a short face video to the audio's length, and paste generated faces 
 Pure NumPy/torch on arrays; the ffmpeg, detection and tracking side of ``cals-generate`` is in
 :mod:`pipeline.lipsync_video` (imports point cli → pipeline → cals).
 
-**Paste-back** (:func:`paste_face`): the generated 128x128 face is resized to its crop box
+**Paste-back** (:func:`paste_face`, region ``mouth`` or ``face``): the generated 128x128 face is resized to its crop box
 (square, source pixels, as :func:`pipeline.stages.crop.crop_square` made it; INTER_AREA when
 shrinking, INTER_CUBIC when enlarging, as the crop stage) and blended into the frame with a
 feathered mask: the weight of the generated face is ``min(ramp(x), ramp(y))`` with
@@ -14,6 +14,15 @@ for a 590 px box). So the seam fades over ``f`` pixels inside the box, and no pi
 box changes. A box that leaves the frame is clipped at the frame edge (its out-of-frame part,
 which the crop stage padded with black, is dropped); the ramp is measured from the box's own
 edges, so there is no seam along the frame edge.
+
+Region ``mouth`` (``cals-generate``'s default, :func:`paste_mask`) pastes only what the model
+painted: the masked lower face, rows from the mask line (:data:`~cals.constants.MASK_TOP_ROW`
+of 128, ``m`` in box pixels) down. Its weight is ``min(ramp(x), ramp(y), up(y))`` with
+``up(y) = clip((y - (m - f) + 0.5) / f, 0, 1)``: 0 above the band ``[m - f, m)``, rising across it
+to 1 at the mask line, so the model's own rows just above the line (which it made from the pose
+prior's real pixels, and which match the frame closely) carry the seam, and every masked row
+below it is the model's. Every pixel above the band keeps the frame's value: eyes, skin, hair and
+background stay the source's. Region ``face`` pastes the whole box (:func:`feather_mask`).
 """
 
 from __future__ import annotations
@@ -23,7 +32,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from cals.constants import CROP_SIZE, PASTE_FEATHER
+from cals.constants import CROP_SIZE, MASK_TOP_ROW, PASTE_FEATHER
+
+#: What :func:`paste_face` blends into the frame: the masked lower face, or the whole crop box.
+PASTE_REGIONS = ("mouth", "face")
 
 if TYPE_CHECKING:
     from cals.models.cals_model import CalsModel
@@ -62,7 +74,25 @@ def feather_mask(side: int, feather: float = PASTE_FEATHER) -> np.ndarray:
     return np.minimum(ramp[:, None], ramp[None, :]).astype(np.float32)
 
 
-def paste_face(frame: np.ndarray, face: np.ndarray, box: tuple[float, float, float, float], feather: float = PASTE_FEATHER) -> np.ndarray:
+def paste_mask(side: int, feather: float = PASTE_FEATHER, region: str = "face") -> np.ndarray:
+    """``(side, side)`` float32 blend weight of a pasted crop (see the module docstring):
+    :func:`feather_mask` for region ``face``; for ``mouth`` also 0 above the band ``[m - f, m)``
+    (``m``: the mask line in box pixels, ``f = feather x side``), rising across it to 1 at ``m``
+    (``feather = 0``: a hard edge at ``m``)."""
+    if region not in PASTE_REGIONS:
+        raise ValueError(f"paste region must be one of {', '.join(PASTE_REGIONS)}, got {region!r}")
+    weight = feather_mask(side, feather)
+    if region == "face":
+        return weight
+    line, width = MASK_TOP_ROW * side / CROP_SIZE, feather * side
+    rows = np.arange(side, dtype=np.float64)
+    up = (rows >= line).astype(np.float64) if width <= 0 else np.clip((rows - (line - width) + 0.5) / width, 0.0, 1.0)
+    return np.minimum(weight, up[:, None]).astype(np.float32)
+
+
+def paste_face(
+    frame: np.ndarray, face: np.ndarray, box: tuple[float, float, float, float], feather: float = PASTE_FEATHER, region: str = "face"
+) -> np.ndarray:
     """Blend a generated face into a copy of its frame.
 
     Args:
@@ -71,9 +101,11 @@ def paste_face(frame: np.ndarray, face: np.ndarray, box: tuple[float, float, flo
         box: the square crop box the face was cut from, xyxy source pixels (integer-aligned;
             may leave the frame).
         feather: seam width as a share of the box side.
+        region: ``face`` (the whole box) or ``mouth`` (the masked lower face; see
+            :func:`paste_mask`).
     Returns:
-        ``(H, W, 3)`` uint8: the frame with the face pasted; pixels outside the box are the
-        frame's own.
+        ``(H, W, 3)`` uint8: the frame with the face pasted; pixels outside the box (and, for
+        ``mouth``, above the seam band) are the frame's own.
     """
     import cv2
 
@@ -89,7 +121,7 @@ def paste_face(frame: np.ndarray, face: np.ndarray, box: tuple[float, float, flo
     interpolation = cv2.INTER_AREA if side < face.shape[0] else cv2.INTER_CUBIC
     resized = cv2.resize(np.ascontiguousarray(face), (side, side), interpolation=interpolation)
     rows, cols = slice(top - y0, bottom - y0), slice(left - x0, right - x0)
-    alpha = feather_mask(side, feather)[rows, cols, None]
+    alpha = paste_mask(side, feather, region)[rows, cols, None]
     region = out[top:bottom, left:right].astype(np.float32)
     blended = region + alpha * (resized[rows, cols].astype(np.float32) - region)
     out[top:bottom, left:right] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
@@ -111,8 +143,8 @@ def generate_faces(model: "CalsModel", crops: np.ndarray, mel: np.ndarray, refer
 
     Args:
         model: the CALS model (run on its own device).
-        crops: ``(T, 128, 128, 3)`` uint8 RGB target crops (their upper halves are the pose
-            priors).
+        crops: ``(T, 128, 128, 3)`` uint8 RGB target crops (their rows above the mask line are
+            the pose priors).
         mel: ``(4T, 80)`` log10 mel of the driving audio (float16 or float32).
         reference: index of the identity reference frame (the paper's inference: the first).
     Returns:
@@ -126,4 +158,4 @@ def generate_faces(model: "CalsModel", crops: np.ndarray, mel: np.ndarray, refer
     return to_uint8(model.generate(sound, targets[reference], targets))
 
 
-__all__ = ["feather_mask", "frame_schedule", "generate_faces", "paste_face", "to_tensor", "to_uint8"]
+__all__ = ["PASTE_REGIONS", "feather_mask", "frame_schedule", "generate_faces", "paste_face", "paste_mask", "to_tensor", "to_uint8"]

@@ -41,7 +41,7 @@ from cals.constants import (
     SAMPLE_RATE,
 )
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 #: JPEG quality of the default frame codec (measured choice: see docs/shard-format.md).
 JPEG_QUALITY_DEFAULT = 95

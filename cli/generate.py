@@ -12,11 +12,18 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from enum import Enum
+
 from cals.constants import PASTE_FEATHER
+from cals.inference import PASTE_REGIONS
 from pipeline.io import ENCODE_CRF
+from pipeline.lipsync_video import GenerateParams
+from pipeline.stages.crop import CropParams
 from cli.common import DetectorName, MediapipeModel, fail, run_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0])
+
+PasteRegion = Enum("PasteRegion", {region: region for region in PASTE_REGIONS}, type=str)
 
 
 @app.command()
@@ -28,17 +35,17 @@ def generate(
     device: str = typer.Option("cpu", "--device", help="torch device of the model (cpu, cuda, cuda:1, ...)."),
     detector: DetectorName = typer.Option(DetectorName.mediapipe, "--detector", help="Face detector (as cals-prep): mediapipe, sfd, or none (the centre square)."),
     mediapipe_model: MediapipeModel = typer.Option(MediapipeModel.short, "--mediapipe-model", help="short: faces within ~2 m; full: small/distant faces."),
-    crop_margin: float = typer.Option(1.6, "--crop-margin", min=1.0, help="Crop side = margin x the detection box's larger side (use the value the model's shards were prepared with)."),
+    crop_margin: float = typer.Option(CropParams.margin, "--crop-margin", min=1.0, help="Crop side = margin x the detection box's larger side (use the value the model's shards were prepared with)."),
     feather: float = typer.Option(PASTE_FEATHER, "--feather", min=0.0, max=0.5, help="Seam blend width, share of the crop box side (0: hard paste)."),
+    paste: PasteRegion = typer.Option(GenerateParams.paste, "--paste", help="What is pasted back: mouth (the masked lower face, feathered across the mask line; eyes, skin and background stay the source's) or face (the whole crop box)."),
     crf: int = typer.Option(ENCODE_CRF, "--crf", min=0, max=51, help="x264 quality (lower: better, larger)."),
     lossless: bool = typer.Option(False, "--lossless", help="Lossless RGB H.264 (libx264rgb -qp 0) instead of yuv420p: exact pixels, large files, few players."),
 ) -> None:
     """Write OUT: the face lip-synced to the audio, as long as the audio."""
     import torch
 
-    from pipeline.lipsync_video import GenerateParams, InputError, generate_video
+    from pipeline.lipsync_video import InputError, generate_video
     from pipeline.io import EncodeError
-    from pipeline.stages.crop import CropParams
 
     for name, path in (("--face", face), ("--audio", audio), ("--ckpt", ckpt)):
         if not path.exists():
@@ -56,6 +63,7 @@ def generate(
         mediapipe_model=mediapipe_model.value,
         crop=CropParams(margin=crop_margin),
         feather=feather,
+        paste=paste.value,
         lossless=lossless,
         crf=crf,
     )

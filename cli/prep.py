@@ -208,6 +208,8 @@ def verify(
         err.print(f"[red]✗[/] {problem}", highlight=False, soft_wrap=True)
     if len(report.problems) > 50:
         err.print(f"... and {len(report.problems) - 50} more problems")
+    for warning in report.warnings:
+        err.print(f"[yellow]![/] {warning}", highlight=False, soft_wrap=True)
     status = "[green]OK[/]" if report.ok else f"[red]{len(report.problems)} problems[/]"
     Console().print(f"{dataset}: {report.shards} shards, {report.samples} samples, {report.frames} frames: {status}", highlight=False, soft_wrap=True)
     if not report.ok:

@@ -17,8 +17,9 @@ crops the training data):
    forwards and backwards (:func:`cals.inference.frame_schedule`); a still image is repeated.
 4. **Generate** (:func:`cals.inference.generate_faces`): ``CalsModel.generate`` on the whole clip,
    the first crop as the identity reference.
-5. **Face, pass 2 + paste + encode**: each output frame's source frame gets its generated face
-   pasted at its crop box with a feathered seam (:func:`cals.inference.paste_face`) and goes
+5. **Face, pass 2 + paste + encode**: each output frame's source frame gets its generated mouth
+   (the masked lower face; ``paste="face"``: the whole crop) pasted at its crop box with a
+   feathered seam (:func:`cals.inference.paste_face`) and goes
    straight to ffmpeg (:class:`pipeline.io.VideoEncoder`: H.264 yuv420p at the source
    resolution, 25 fps, AAC 16 kHz).
 
@@ -40,7 +41,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from cals.constants import AUDIO_SAMPLES_PER_FRAME, PASTE_FEATHER, SAMPLE_RATE
-from cals.inference import frame_schedule, generate_faces, paste_face
+from cals.inference import PASTE_REGIONS, frame_schedule, generate_faces, paste_face
 from cals.mel import MEL_PARAMS, log_mel
 from pipeline.errors import ClipError
 from pipeline.io import ENCODE_CRF, VideoEncoder, iter_frames, probe, read_audio
@@ -111,15 +112,22 @@ class GenerateResult:
 
 @dataclass(frozen=True)
 class GenerateParams:
-    """Face handling of ``cals-generate`` (defaults: those of ``cals-prep``)."""
+    """Face handling of ``cals-generate`` (defaults: those of ``cals-prep``); ``paste``: the
+    region pasted back (:data:`cals.inference.PASTE_REGIONS`: ``mouth``, the masked lower face, or
+    ``face``, the whole crop box); ``feather``: its seam width, share of the box side."""
 
     detector: str = "mediapipe"
     mediapipe_model: str = "short"
     track: TrackParams = field(default_factory=TrackParams)
     crop: CropParams = field(default_factory=CropParams)
     feather: float = PASTE_FEATHER
+    paste: str = "mouth"
     lossless: bool = False
     crf: int = ENCODE_CRF
+
+    def __post_init__(self) -> None:
+        if self.paste not in PASTE_REGIONS:
+            raise ValueError(f"paste must be one of {', '.join(PASTE_REGIONS)}, got {self.paste!r}")
 
 
 def _keep(frames: Iterator[np.ndarray], held: list[np.ndarray]) -> Iterator[np.ndarray]:
@@ -215,11 +223,11 @@ def _generate(face, sound: np.ndarray, ckpt, out, params: GenerateParams, device
     with VideoEncoder(out, face_info.width, face_info.height, sound, lossless=params.lossless, crf=params.crf) as encoder:
         if held:
             for index, source in enumerate(schedule):
-                encoder.write(paste_face(held[source], faces[index], boxes[source], params.feather))
+                encoder.write(paste_face(held[source], faces[index], boxes[source], params.feather, params.paste))
         else:  # at least as long as the audio: its first T frames, streamed again
             with closing(iter_frames(face_info)) as decoded:
                 for index, frame in enumerate(islice(decoded, total)):
-                    encoder.write(paste_face(frame, faces[index], boxes[index], params.feather))
+                    encoder.write(paste_face(frame, faces[index], boxes[index], params.feather, params.paste))
         if encoder.frames != total:
             raise ClipError("decode_error", f"the second decode of {face} gave {encoder.frames} frames, the first {total}")
     return GenerateResult(

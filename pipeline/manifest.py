@@ -75,6 +75,8 @@ MANIFEST_SCHEMA = pa.schema(
         ("detect_ratio", pa.float64()),
         ("mean_score", pa.float64()),
         ("audio_pad_samples", pa.int64()),
+        ("lip_top_median", pa.float64()),  # FaceMesh upper-lip top row in the crops (of 128), null: not found
+        ("lip_top_p1", pa.float64()),  # its 1st percentile; below MASK_TOP_ROW + margin, verify warns
         ("transcript", pa.string()),
         ("source_start_s", pa.float64()),  # the clip's span and crop in the source (null: whole)
         ("source_end_s", pa.float64()),

@@ -8,7 +8,10 @@ The chain, one small function per step (:func:`process_clip` runs them in order)
    (:func:`pipeline.stages.face.face_track`: detect every k-th frame, track one face, square,
    crop 128x128), each crop JPEG-encoded as it comes;
 4. checks (:func:`check_faces`): decoded length, face coverage;
-5. encode (:func:`encode_clip`): audio fit to 640·T, log-mel, manifest fields, packed sample.
+5. lip top (:func:`measure_lip_top`): FaceMesh on :data:`~cals.constants.LIP_TOP_SAMPLES` of the
+   encoded crops, the row of the upper lip's top edge (median, 1st percentile), so a clip whose
+   mouth shows above the pose prior's mask line is visible in the manifest and ``cals-prep verify``;
+6. encode (:func:`encode_clip`): audio fit to 640·T, log-mel, manifest fields, packed sample.
 
 Memory holds the encoded crops and the audio, never the decoded video.
 """
@@ -16,13 +19,14 @@ Memory holds the encoded crops and the audio, never the decoded video.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import numpy as np
 
-from cals.constants import AUDIO_SAMPLES_PER_FRAME, FPS
+from cals.constants import AUDIO_SAMPLES_PER_FRAME, FPS, LIP_TOP_SAMPLES, MASK_TOP_ROW, UPPER_LIP_TOP_LANDMARKS
 from cals.mel import MEL_PARAMS, log_mel
-from cals.shard_format import JPEG_QUALITY_DEFAULT, encode_frames, pack_sample
+from cals.metrics import LIP_LANDMARKS, MouthLandmarker
+from cals.shard_format import JPEG_QUALITY_DEFAULT, decode_frames, encode_frames, pack_sample
 from pipeline import PIPELINE_VERSION
 from pipeline.errors import ClipError
 from pipeline.io import MediaInfo, Window, iter_frames, probe, read_audio
@@ -172,9 +176,55 @@ def check_faces(faces: ClipFaces, info: MediaInfo, expected: int, params: PrepPa
         raise ClipError("low_face_coverage", f"face in {detected} of {examined} examined frames < --min-face-ratio {params.min_face_ratio}")
 
 
-def encode_clip(source: ClipSource, info: MediaInfo, audio: np.ndarray, faces: ClipFaces, detector_name: str, params: PrepParams) -> ClipResult:
+@dataclass(frozen=True)
+class LipTop:
+    """Where the top of the upper lip sits in a clip's crops (FaceMesh, crop rows of 128).
+
+    Attributes:
+        median, p1: median and 1st percentile (linear interpolation) of the lip-top row over the
+            measured crops; None when FaceMesh found no face on any sampled crop.
+        measured: sampled crops on which FaceMesh found a face.
+        sampled: crops sampled (:data:`~cals.constants.LIP_TOP_SAMPLES`, fewer for a shorter clip).
+    """
+
+    median: Optional[float]
+    p1: Optional[float]
+    measured: int
+    sampled: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``json.lip_top`` record (adds the mask line the rows are judged against)."""
+        return {**asdict(self), "mask_top_row": MASK_TOP_ROW}
+
+
+def lip_top_rows(landmarker: MouthLandmarker, crops: np.ndarray) -> np.ndarray:
+    """``(N,)`` float64 row (pixels from the top) of the upper lip's top edge in each ``(N, H, W,
+    3)`` uint8 RGB crop: the smallest y of :data:`~cals.constants.UPPER_LIP_TOP_LANDMARKS`; NaN
+    where FaceMesh finds no face."""
+    columns = [LIP_LANDMARKS.index(i) for i in UPPER_LIP_TOP_LANDMARKS]
+    return landmarker(crops)[:, columns, 1].min(axis=1)  # a NaN row (no face) stays NaN
+
+
+def measure_lip_top(encoded: list[bytes], samples: int = LIP_TOP_SAMPLES) -> LipTop:
+    """Lip-top step: decode ``samples`` evenly spaced crops of the encoded frames (first and last
+    included) and measure :func:`lip_top_rows` on them (one FaceMesh graph per call, ~30 ms to
+    build)."""
+    count = min(samples, len(encoded))
+    indices = sorted(set(np.linspace(0, len(encoded) - 1, count).round().astype(int).tolist()))
+    crops = decode_frames(b"".join(encoded[i] for i in indices), [len(encoded[i]) for i in indices])
+    with MouthLandmarker() as landmarker:
+        rows = lip_top_rows(landmarker, crops)
+    found = rows[~np.isnan(rows)]
+    if not found.size:
+        return LipTop(None, None, 0, len(indices))
+    return LipTop(float(np.median(found)), float(np.percentile(found, 1)), int(found.size), len(indices))
+
+
+def encode_clip(
+    source: ClipSource, info: MediaInfo, audio: np.ndarray, faces: ClipFaces, detector_name: str, params: PrepParams, lip_top: LipTop
+) -> ClipResult:
     """Encode step: audio fit to 640·T samples, its log-mel, the manifest fields and the packed
-    sample (``faces.crops`` are the encoded frames)."""
+    sample (``faces.crops`` are the encoded frames; ``lip_top`` from :func:`measure_lip_top`)."""
     num_frames, detected, examined = faces.num_frames, faces.detected, faces.examined
     audio, pad = fit_audio(audio, num_frames)
     mel = log_mel(audio, MEL_PARAMS)
@@ -192,6 +242,8 @@ def encode_clip(source: ClipSource, info: MediaInfo, audio: np.ndarray, faces: C
         detect_ratio=detected / max(examined, 1),
         mean_score=float(np.mean([s for s in faces.scores if s > 0])),
         audio_pad_samples=pad,
+        lip_top_median=lip_top.median,
+        lip_top_p1=lip_top.p1,
     )
     meta = dict(
         pipeline_version=PIPELINE_VERSION,
@@ -218,6 +270,7 @@ def encode_clip(source: ClipSource, info: MediaInfo, audio: np.ndarray, faces: C
         mel_params=MEL_PARAMS.to_dict(),
         crop_params=asdict(params.crop),
         track_params=asdict(params.track),
+        lip_top=lip_top.to_dict(),
     )
     sample = pack_sample(
         source.key,
@@ -235,9 +288,9 @@ def encode_clip(source: ClipSource, info: MediaInfo, audio: np.ndarray, faces: C
 
 def process_clip(source: ClipSource, params: PrepParams, detector: Detector) -> ClipResult:
     """Prepare one clip: validate → audio → face (crops JPEG-encoded as they come) → checks →
-    encode. Raises ClipError with a reason for any input it cannot use."""
+    lip top → encode. Raises ClipError with a reason for any input it cannot use."""
     info, window, expected = validate_clip(source, params)
     audio = read_audio(info, window)
     faces = clip_faces(info, window, detector, params, keep=lambda crop: encode_frames(crop[None], params.codec, params.jpeg_quality)[0])
     check_faces(faces, info, expected, params)
-    return encode_clip(source, info, audio, faces, detector.name, params)
+    return encode_clip(source, info, audio, faces, detector.name, params, measure_lip_top(faces.crops))

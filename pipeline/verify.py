@@ -1,5 +1,6 @@
 """``cals-prep verify``: every shard decodes, every sample holds every invariant, and the
-manifest and the shards agree."""
+manifest and the shards agree (problems: exit 1). It also warns, without failing, on clips whose
+mouth shows above the pose prior's mask line (:func:`mouth_warning`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cals.constants import MASK_LIP_MARGIN_ROWS, MASK_TOP_ROW
 from cals.data import shard_paths
 from cals.layout import MANIFEST_FILE, PREP_FILE
 from cals.mel import MEL_PARAMS, log_mel
@@ -25,10 +27,25 @@ class VerifyReport:
     samples: int = 0
     frames: int = 0
     problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return not self.problems
+
+
+def mouth_warning(meta: dict) -> str | None:
+    """A warning when a sample's ``json.lip_top`` (:func:`pipeline.prepare_clip.measure_lip_top`)
+    puts the top of the upper lip above ``MASK_TOP_ROW + MASK_LIP_MARGIN_ROWS`` on more than 1 %
+    of its crops (its 1st percentile row is above that), or could not find it; None when the
+    mouth is below the mask."""
+    lip = meta.get("lip_top") or {}
+    p1, limit = lip.get("p1"), MASK_TOP_ROW + MASK_LIP_MARGIN_ROWS
+    if p1 is None:
+        return f"lip top not measured (FaceMesh found no face on {lip.get('sampled', 0)} sampled crops)"
+    if p1 < limit:
+        return f"mouth above the mask: upper-lip top at row {p1:.1f} (1st percentile) < {MASK_TOP_ROW} + {MASK_LIP_MARGIN_ROWS}; the pose prior shows the lip"
+    return None
 
 
 def verify_dataset(dataset_dir: str | Path, check_mel: bool = True) -> VerifyReport:
@@ -72,6 +89,9 @@ def verify_dataset(dataset_dir: str | Path, check_mel: bool = True) -> VerifyRep
                 report.samples += 1
                 report.frames += sample.num_frames
                 report.problems.extend(f"{name}:{key}: {p}" for p in check_sample(sample))
+                warning = mouth_warning(sample.meta)
+                if warning:
+                    report.warnings.append(f"{name}:{key}: {warning}")
                 if sample.meta.get("split") != split:
                     report.problems.append(f"{name}:{key}: split {sample.meta.get('split')!r} in a {split!r} shard")
                 if sample.meta.get("mel_params") != MEL_PARAMS.to_dict():

@@ -8,8 +8,8 @@ batch, ``(B, T, ...) → (B·T, ...)``, and unfolded at the end):
   (the context lives in the units: A2L attended over the whole window).
 - ``reference`` ``(B, 3, H, W)`` (one per window, shared by its frames) or ``(B, T, 3, H, W)``:
   a frame of the same clip, float RGB in [0, 1], giving the identity and the mouth's appearance.
-- ``pose_prior`` ``(B, T, 3, H, W)``: the target frame with its lower half set to zero
-  (:func:`pose_prior`), giving head pose and the upper face.
+- ``pose_prior`` ``(B, T, 3, H, W)``: the target frame with rows from the mask line down set to
+  zero (:func:`pose_prior`), giving head pose and the upper face but not the mouth.
 
 **Architecture** (sizes for 128x128 crops and the default ``widths``)::
 
@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cals.constants import CROP_SIZE, SYNCNET_EMBED_DIM
+from cals.constants import CROP_SIZE, MASK_TOP_ROW, SYNCNET_EMBED_DIM
 from cals.errors import require_positive
 from cals.settings import from_checked_dict, json_ready
 
@@ -89,11 +89,17 @@ class LipToFaceConfig:
         return from_checked_dict(cls, data, "lip-to-face")
 
 
+def mask_row(height: int) -> int:
+    """First masked row of an ``height``-row crop: :data:`~cals.constants.MASK_TOP_ROW` of the
+    shards' 128 rows, scaled to ``height`` (rounded down)."""
+    return MASK_TOP_ROW * height // CROP_SIZE
+
+
 def pose_prior(frames: torch.Tensor) -> torch.Tensor:
-    """The pose prior of target frames ``(..., C, H, W)``: a copy with rows ``H // 2 .. H`` (the
-    lower half) set to zero."""
+    """The pose prior of target frames ``(..., C, H, W)``: a copy with rows ``mask_row(H) .. H-1``
+    (from the mask line down: the mouth, see :data:`~cals.constants.MASK_TOP_ROW`) set to zero."""
     prior = frames.clone()
-    prior[..., frames.shape[-2] // 2 :, :] = 0
+    prior[..., mask_row(frames.shape[-2]) :, :] = 0
     return prior
 
 
@@ -187,4 +193,4 @@ def parameter_count(module: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
 
 
-__all__ = ["LipToFace", "LipToFaceConfig", "pose_prior", "parameter_count"]
+__all__ = ["LipToFace", "LipToFaceConfig", "mask_row", "pose_prior", "parameter_count"]

@@ -74,7 +74,7 @@ def test_check_sample_reports_each_broken_invariant():
 
 def test_newer_format_version_is_refused():
     raw = encode_sample(make_sample())
-    raw["json"] = raw["json"].replace(b'"format_version": 1', b'"format_version": 99')
+    raw["json"] = raw["json"].replace(f'"format_version": {FORMAT_VERSION}'.encode(), b'"format_version": 99')
     with pytest.raises(ValueError, match="format version 99"):
         decode_sample(raw)
 
