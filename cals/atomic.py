@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import stat
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -41,10 +42,15 @@ def publish(tmp: str | Path, path: str | Path) -> None:
 @contextmanager
 def atomic_write(path: str | Path) -> Iterator[Path]:
     """``with atomic_write(path) as tmp: write tmp`` → ``path`` holds the new content at the end
-    of the block, or its old one (the temp file is removed if the block raises)."""
+    of the block, or its old one (the temp file is removed if the block raises). ``path`` gets
+    the permission bits of an ordinary new file (``0o666`` less the umask), whatever the writer
+    created ``tmp`` with (safetensors writes ``0o600``)."""
     tmp = temp_path(path)
     try:
+        open(tmp, "x").close()  # created as open() creates any file: the mode the umask gives
+        mode = stat.S_IMODE(os.stat(tmp).st_mode)
         yield tmp
+        os.chmod(tmp, mode)
         publish(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -14,6 +14,7 @@ from cals.losses import masked_unit_loss
 from cals.models.a2l import A2LConfig, AudioToLip, span_mask
 from cals.stream import AugmentConfig
 from cals.train.config import TrainConfig
+from cals.train.guard import SKIPPED_METRIC, step_if_finite
 
 
 def lip_unit_spec(shards: Any, split: str = "train") -> dict[str, Any]:
@@ -78,9 +79,8 @@ class A2LTask:
         loss = masked_unit_loss(predicted.float(), lip, masked)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.train.grad_clip) if self.train.grad_clip else torch.tensor(0.0)
-        self.optimizer.step()
-        return {"loss": loss.item(), "grad_norm": float(grad_norm)}
+        stepped, grad_norm = step_if_finite(self.optimizer, loss, self.module.parameters(), self.train.grad_clip)
+        return {"loss": loss.item(), "grad_norm": grad_norm, SKIPPED_METRIC: float(not stepped)}
 
     @torch.no_grad()
     def validate(self, batches: Iterable[dict[str, Any]]) -> dict[str, float]:

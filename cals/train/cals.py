@@ -70,6 +70,7 @@ from cals.models.l2f import pose_prior
 from cals.settings import json_ready
 from cals.stream import PAPER_AUGMENT, REFERENCE_OUTSIDE, REFERENCE_RULES, AugmentConfig
 from cals.train.config import TrainConfig
+from cals.train.guard import SKIPPED_METRIC, step_if_finite
 
 #: Frames (columns) of a preview image.
 PREVIEW_FRAMES = 8
@@ -388,9 +389,7 @@ class CalsTask:
             metrics.update({k: v.item() for k, v in sync.items()})
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        clip = self.train.grad_clip
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, clip) if clip else torch.tensor(0.0)
-        self.optimizer.step()
+        generator_stepped, grad_norm = step_if_finite(self.optimizer, loss, self.trainable, self.train.grad_clip)
 
         # discriminator
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):  # one pass (one DDP forward)
@@ -398,17 +397,16 @@ class CalsTask:
         disc, disc_metrics = discriminator_loss(real_logits.float(), fake_logits.float())
         self.disc_optimizer.zero_grad(set_to_none=True)
         disc.backward()
-        if clip:
-            torch.nn.utils.clip_grad_norm_(self.disc_module.parameters(), clip)
-        self.disc_optimizer.step()
+        disc_stepped, _ = step_if_finite(self.disc_optimizer, disc, self.disc_module.parameters(), self.train.grad_clip)
 
-        self.schedule.observe(step, recon.item())
+        if generator_stepped:  # a NaN L_recon would stay in the plateau average for good
+            self.schedule.observe(step, recon.item())
         if self.preview_every and (step + 1) % self.preview_every == 0:
             self.preview(step + 1)
         return {"loss": loss.item(), "recon": recon.item(), "gan": gan.item(), "disc": disc.item(),
                 **{k: float(v) for k, v in disc_metrics.items()}, **metrics,
                 "lambda_sync": self.losses.lambda_sync if sync_on else 0.0, "recon_ema": float(self.schedule.ema),
-                "grad_norm": float(grad_norm)}
+                "grad_norm": grad_norm, SKIPPED_METRIC: float(not (generator_stepped and disc_stepped))}
 
     # --- evaluation ---
 

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
 from cals.settings import from_checked_dict
+from cals.stream import StreamConfig
 
 
 @dataclass
@@ -37,6 +38,12 @@ class TrainConfig:
         train_split, val_split: split names to train and validate on.
         log_keys: append every batch's sample keys and window starts to ``keys-rank<R>.txt``
             (a data audit: which rank trained on what).
+        max_nonfinite_steps: stop the run (one-line error) after this many steps in a row whose
+            loss or gradient was NaN/Inf (each is skipped: no optimizer update, counted as
+            ``skipped_steps``).
+        on_bad_sample: a corrupt sample or unreadable shard is skipped with a warning and counted
+            (``data_errors`` in metrics.jsonl), or stops the run with one line ("fail"); see
+            :class:`cals.stream.StreamConfig`.
     """
 
     shards: Any = None
@@ -60,6 +67,12 @@ class TrainConfig:
     train_split: str = "train"
     val_split: str = "val"
     log_keys: bool = False
+    max_nonfinite_steps: int = 20
+    on_bad_sample: str = StreamConfig.on_bad_sample
+
+    def __post_init__(self) -> None:
+        if self.max_nonfinite_steps < 1:
+            raise ValueError(f"max_nonfinite_steps must be >= 1, got {self.max_nonfinite_steps}")
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

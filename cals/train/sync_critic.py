@@ -18,6 +18,7 @@ import torch
 from cals.losses import multiway_chance_loss, multiway_matching_loss, sync_bce_loss
 from cals.models.sync_critic import TASK_NAME, SyncCritic, SyncCriticConfig
 from cals.train.config import TrainConfig
+from cals.train.guard import SKIPPED_METRIC, restore_buffers, snapshot_buffers, step_if_finite
 
 LOSSES = ("multiway", "bce")
 #: Seed of the negative offsets drawn during validation (the same pairs every time).
@@ -110,14 +111,16 @@ class SyncCriticTask:
         self.model.train()
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        statistics = snapshot_buffers(self.module)  # BatchNorm's, put back if the step is skipped
         loss, metrics = self._loss(self.model, batch, self.generator)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.train.grad_clip) if self.train.grad_clip else torch.tensor(0.0)
-        self.optimizer.step()
+        stepped, grad_norm = step_if_finite(self.optimizer, loss, self.module.parameters(), self.train.grad_clip)
+        if not stepped:
+            restore_buffers(self.module, statistics)
         if self.distributed:
             self._average_statistics()
-        return {"loss": loss.item(), **{k: float(v) for k, v in metrics.items()}, "grad_norm": float(grad_norm)}
+        return {"loss": loss.item(), **{k: float(v) for k, v in metrics.items()}, "grad_norm": grad_norm, SKIPPED_METRIC: float(not stepped)}
 
     @torch.no_grad()
     def _average_statistics(self) -> None:

@@ -53,5 +53,9 @@ def test_kill_9_mid_run_then_resume_equals_uninterrupted(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     a, b = load_weights(tmp_path / "ref"), load_weights(tmp_path / "run")
     assert latest(tmp_path / "run")["step"] == STEPS
+    assert not list((tmp_path / "run").glob(".*.tmp-*")), "the interrupted write's temp files are removed"
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in records if r["split"] == "train"]
+    assert steps == sorted(set(steps)) and steps[-1] == STEPS, "metrics.jsonl logs no step twice"
     for name in a:
         torch.testing.assert_close(a[name], b[name], atol=0, rtol=0)
