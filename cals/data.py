@@ -8,13 +8,71 @@ functions, so member names live in :mod:`cals.shard_format` alone.
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import webdataset as wds
 
-from cals.shard_format import ClipSample, decode_sample
+from cals.shard_format import FRAME_CODECS, ClipSample, check_raw, decode_sample
+
+log = logging.getLogger(__name__)
+
+
+class BadData(ValueError):
+    """A sample that fails the reader's checks, an unreadable shard, or a stream left with no
+    usable sample. The message is one line naming the shard (and the sample's key).
+
+    Raised in a DataLoader worker, it reaches the trainer rebuilt by torch from the worker's whole
+    traceback text; only that text's last line (``cals.data.BadData: <message>``) is kept.
+    """
+
+    def __init__(self, message: str) -> None:
+        lines = str(message).strip().splitlines() or [""]
+        super().__init__(lines[-1].removeprefix(f"{__name__}.{type(self).__qualname__}: "))
+
+
+def describe_error(error: BaseException) -> str:
+    """``Type: message`` of an error WebDataset passed on, without what it appended (the stream
+    and URL arguments, the `` @ <file object>`` suffix)."""
+    text = str(error.args[0]).split(" @ ", 1)[0] if error.args else ""
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def sample_name(raw: dict) -> str:
+    """``<shard>:<key>`` of a raw sample, for messages."""
+    return f"{raw.get('__url__', '?')}:{raw.get('__key__')!r}"
+
+
+def checked_sample(raw: dict, frames: bool = True) -> ClipSample:
+    """A raw sample decoded after :func:`cals.shard_format.check_raw`; raises BadData naming the
+    shard and key otherwise. ``frames=False``: the frames member is neither hashed nor decoded."""
+    problems = check_raw(raw, skip=() if frames else tuple(FRAME_CODECS.values()))
+    if problems:
+        raise BadData(f"bad sample {sample_name(raw)}: {'; '.join(problems)}")
+    try:
+        return decode_sample(raw, frames=frames)
+    except (ValueError, RuntimeError) as error:  # an image or the FLAC does not decode
+        raise BadData(f"bad sample {sample_name(raw)}: does not decode ({error})") from None
+
+
+def skip_with_warning(error: Exception) -> bool:
+    """A ``handler`` for :func:`iter_samples`: log the one-line error as a warning and go on."""
+    log.warning("skipped %s", error)
+    return True
+
+
+def read_shard(url: str, on_error: Callable[[Exception], None]) -> Iterator[dict]:
+    """The raw samples of one shard, read with WebDataset's tar stages. An error reading the tar
+    (not a tar, a smashed header, truncated) is handed to ``on_error`` as one BadData naming the
+    file, and the rest of the shard is skipped (a tar stream cannot resynchronise)."""
+
+    def handler(error: Exception) -> bool:
+        on_error(BadData(f"unreadable shard {url}: {describe_error(error)}"))
+        return False
+
+    yield from wds.tarfile_samples([dict(url=url)], handler=handler)
 
 #: The fsspec backend package of common object-store schemes (named in the missing-library error).
 FSSPEC_BACKENDS = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs", "abfss": "adlfs"}
@@ -52,6 +110,14 @@ def _opened_with_fsspec(url: str) -> bool:
     return is_url(url) and url.split("://", 1)[0].lower() not in WDS_SCHEMES
 
 
+def _no_shards(folder: str, split: str | None, pattern: str, tars: Iterable[Any]) -> str:
+    """The error for a folder without the wanted shards, naming the splits it does hold."""
+    which = f"{split!r} shards" if split else "shards"
+    present = sorted({Path(str(t)).name.rsplit("-", 1)[0] for t in tars})
+    holds = f"; it holds {', '.join(repr(s) for s in present)}" if present else ""
+    return f"no {which} in {folder} (expected files like {pattern}){holds}"
+
+
 def shard_paths(source: str | Path | Sequence[str], split: str | None = None) -> list[str]:
     """Resolve shards to read.
 
@@ -72,15 +138,13 @@ def shard_paths(source: str | Path | Sequence[str], split: str | None = None) ->
         if fs.isdir(root):
             found = sorted(fs.unstrip_protocol(p) for p in fs.glob(f"{root.rstrip('/')}/{pattern}"))
             if not found:
-                which = f"{split!r} shards" if split else "shards"
-                raise FileNotFoundError(f"no {which} in {text} (expected files like {pattern})")
+                raise FileNotFoundError(_no_shards(text, split, pattern, fs.glob(f"{root.rstrip('/')}/*.tar")))
             return found
     path = Path(text)
     if not is_url(text) and path.is_dir():
         found = sorted(str(p) for p in path.glob(pattern) if p.is_file())
         if not found:
-            which = f"{split!r} shards" if split else "shards"
-            raise FileNotFoundError(f"no {which} in {path} (expected files like {pattern})")
+            raise FileNotFoundError(_no_shards(str(path), split, pattern, path.glob("*.tar")))
         return found
     import braceexpand
 
@@ -104,13 +168,16 @@ def iter_samples(
     Args:
         source, split: as :func:`shard_paths`.
         frames: decode the face crops (``False`` leaves ``frames`` empty: fast metadata/audio scans).
-        handler: WebDataset error policy; the default re-raises (loud).
+        handler: WebDataset error policy for a bad sample (:func:`checked_sample`) or an unreadable
+            shard, each given as one BadData naming the shard (and key); the default re-raises
+            (loud), ``wds.warn_and_continue`` skips with a warning.
     Yields:
         ClipSample with frames ``(T,128,128,3)`` uint8, mel ``(4T,80)`` float16, audio ``(640T,)``
         int16, boxes ``(T,4)`` float32, scores ``(T,)`` float32.
     """
     urls = shard_paths(source, split)
-    decode = lambda raw: decode_sample(raw, frames=frames)  # noqa: E731
+    decode = lambda raw: checked_sample(raw, frames=frames)  # noqa: E731
+    handler = _one_line(handler)
     if any(_opened_with_fsspec(u) for u in urls):
         # WebDataset's stages with an fsspec opener (webdataset 1.0.2 cannot open s3:// itself).
         from webdataset.filters import pipelinefilter
@@ -128,6 +195,19 @@ def iter_samples(
         return
     dataset = wds.WebDataset(urls, shardshuffle=False, handler=handler, empty_check=False, nodesplitter=every_shard)
     yield from dataset.map(decode, handler=handler)
+
+
+def _one_line(handler: Callable[[Exception], bool]) -> Callable[[Exception], bool]:
+    """``handler`` given every error as one BadData line: a WebDataset tar-stage error names the
+    shard (the URL WebDataset appends last); a BadData passes unchanged."""
+
+    def wrapped(error: Exception) -> bool:
+        if not isinstance(error, BadData):
+            url = next((a for a in reversed(error.args) if isinstance(a, str) and a.endswith(".tar")), "?")
+            error = BadData(f"unreadable shard {url}: {describe_error(error)}")
+        return handler(error)
+
+    return wrapped
 
 
 def _fsspec_opener(handler: Callable[[Exception], bool]) -> Callable[[Iterator[dict]], Iterator[dict]]:

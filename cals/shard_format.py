@@ -28,7 +28,7 @@ import io
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional
+from typing import Any, Collection, Mapping, Optional
 
 import numpy as np
 import soundfile
@@ -240,16 +240,44 @@ def pack_sample(
     return {"__key__": key, **members}
 
 
-def check_members(raw: Mapping[str, Any]) -> list[str]:
-    """Integrity of a raw sample: every member listed in ``json.member_sha1`` is present and has
-    that SHA-1 (catches bit rot and truncation that decoders would pass silently)."""
-    meta = read_meta(raw)
-    problems = []
-    for name, digest in meta.get("member_sha1", {}).items():
+#: Members every sample holds besides its frames member (``FRAME_CODECS[json.frame_codec]``).
+BASE_MEMBERS = (MEL_MEMBER, AUDIO_MEMBER, BOXES_MEMBER, SCORES_MEMBER)
+
+
+def check_members(raw: Mapping[str, Any], skip: Collection[str] = ()) -> list[str]:
+    """Integrity of a raw sample (member → bytes, as read from a shard): a valid key, a ``json``
+    member that parses, every member a sample must have, and every member listed in
+    ``json.member_sha1`` present with that SHA-1 (catches bit rot and truncation that decoders
+    would pass silently). ``cals-prep verify`` and every reader use it.
+
+    Args:
+        raw: the WebDataset dict (``__key__`` plus member → bytes).
+        skip: members whose SHA-1 is not computed (a reader that never reads them); their
+            presence is still checked.
+    Returns:
+        The problems, one short phrase each; empty when the sample is intact.
+    """
+    key = raw.get("__key__")
+    problems = [] if isinstance(key, str) and is_valid_key(key) else [f"invalid key {key!r} (letters, digits, '_' and '-' only)"]
+    if META_MEMBER not in raw:
+        return problems + [f"member {META_MEMBER} is missing"]
+    try:
+        meta = read_meta(raw)
+    except ValueError as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return problems + [f"member {META_MEMBER} does not parse ({error})"]
+    digests = meta.get("member_sha1") if isinstance(meta, dict) else None
+    if not isinstance(digests, dict):
+        return problems + [f"member {META_MEMBER} holds no member_sha1 table"]
+    frames = FRAME_CODECS.get(meta.get("frame_codec"))
+    if frames is None:
+        problems.append(f"unknown frame codec {meta.get('frame_codec')!r}")
+    for name in sorted({*digests, *BASE_MEMBERS, *([frames] if frames else [])}):
         blob = raw.get(name)
         if blob is None:
             problems.append(f"member {name} is missing")
-        elif hashlib.sha1(blob).hexdigest() != digest:
+        elif name not in digests:
+            problems.append(f"member {name} has no SHA-1 in json.member_sha1")
+        elif name not in skip and hashlib.sha1(blob).hexdigest() != digests[name]:
             problems.append(f"member {name} fails its SHA-1 check (corrupted)")
     return problems
 
@@ -345,6 +373,46 @@ def decode_sample(raw: Mapping[str, Any], frames: bool = True) -> ClipSample:
     )
 
 
+def mel_problems(mel: np.ndarray, num_frames: int) -> list[str]:
+    """A mel array against the format: float16 ``(4T, 80)``, every value finite."""
+    if mel.shape != (MEL_ROWS_PER_FRAME * num_frames, N_MELS) or mel.dtype != np.float16:
+        return [f"mel {mel.shape} {mel.dtype}, expected ({MEL_ROWS_PER_FRAME * num_frames}, {N_MELS}) float16"]
+    return [] if np.all(np.isfinite(mel)) else ["mel has non-finite values"]
+
+
+def lip_problems(lip: np.ndarray, num_frames: int, dim: Optional[int]) -> list[str]:
+    """Lip units against the format: float16 ``(T, D)`` with D = ``json.lip_units.dim``, finite."""
+    if lip.shape != (num_frames, dim) or lip.dtype != np.float16:
+        return [f"lip {lip.shape} {lip.dtype}, expected ({num_frames}, {dim}) float16 (json.lip_units.dim)"]
+    return [] if np.all(np.isfinite(lip)) else ["lip has non-finite values"]
+
+
+def check_raw(raw: Mapping[str, Any], skip: Collection[str] = ()) -> list[str]:
+    """What a reader checks before it uses a raw sample (``cals.data.iter_samples`` and the
+    training stream): :func:`check_members` (``skip`` as there), then ``num_frames`` (a positive
+    int, one ``frame_sizes`` entry per frame) and the arrays the models read whole, mel and lip
+    (:func:`mel_problems`, :func:`lip_problems`). Frames and audio are checked as they decode.
+    Returns the problems, empty when the sample is usable."""
+    problems = check_members(raw, skip)
+    if problems:
+        return problems
+    meta = read_meta(raw)
+    T = meta.get("num_frames")
+    if type(T) is not int or T <= 0:
+        return [f"num_frames {T!r} is not a positive int"]
+    sizes = meta.get("frame_sizes")
+    if not isinstance(sizes, list) or len(sizes) != T:
+        return [f"json.frame_sizes does not list {T} frames"]
+    try:
+        mel, lip = read_mel(raw), read_lip(raw)
+    except (ValueError, EOFError) as error:  # not an .npy file (np.load raises these)
+        return [f"an array member does not load ({error})"]
+    problems = mel_problems(mel, T)
+    if lip is not None:
+        problems += lip_problems(lip, T, (meta.get("lip_units") or {}).get("dim"))
+    return problems
+
+
 def check_sample(sample: ClipSample, frames_decoded: bool = True) -> list[str]:
     """Every invariant of the format; returns a list of violations (empty when the sample is good)."""
     problems = []
@@ -362,10 +430,7 @@ def check_sample(sample: ClipSample, frames_decoded: bool = True) -> list[str]:
             problems.append(f"frames {sample.frames.shape} {sample.frames.dtype}, expected ({T}, {CROP_SIZE}, {CROP_SIZE}, 3) uint8")
     if len(meta.get("frame_sizes", [])) != T:
         problems.append(f"{len(meta.get('frame_sizes', []))} frame sizes for {T} frames")
-    if sample.mel.shape != (MEL_ROWS_PER_FRAME * T, N_MELS) or sample.mel.dtype != np.float16:
-        problems.append(f"mel {sample.mel.shape} {sample.mel.dtype}, expected ({MEL_ROWS_PER_FRAME * T}, {N_MELS}) float16")
-    elif not np.all(np.isfinite(sample.mel)):
-        problems.append("mel has non-finite values")
+    problems.extend(mel_problems(sample.mel, T))
     if sample.audio.shape != (AUDIO_SAMPLES_PER_FRAME * T,) or sample.audio.dtype != np.int16:
         problems.append(f"audio {sample.audio.shape} {sample.audio.dtype}, expected ({AUDIO_SAMPLES_PER_FRAME * T},) int16")
     if sample.boxes.shape != (T, 4) or sample.boxes.dtype != np.float32:
@@ -373,9 +438,7 @@ def check_sample(sample: ClipSample, frames_decoded: bool = True) -> list[str]:
     elif not np.all(sample.boxes[:, 2:] > sample.boxes[:, :2]):
         problems.append("a box has x1 <= x0 or y1 <= y0")
     if sample.lip is not None:
-        dim = (meta.get("lip_units") or {}).get("dim")
-        if sample.lip.shape != (T, dim) or sample.lip.dtype != np.float16:
-            problems.append(f"lip {sample.lip.shape} {sample.lip.dtype}, expected ({T}, {dim}) float16 (json.lip_units.dim)")
+        problems.extend(lip_problems(sample.lip, T, (meta.get("lip_units") or {}).get("dim")))
     if sample.scores.shape != (T,):
         problems.append(f"scores {sample.scores.shape}, expected ({T},)")
     elif int(np.count_nonzero(sample.scores)) != meta.get("frames_detected"):

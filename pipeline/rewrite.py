@@ -14,6 +14,8 @@ Guarantees of :func:`rewrite_shard`:
   shard whose every sample is done is not rewritten at all (:func:`shard_is_done`).
 - **One sample never sinks its shard.** A sample whose transform raises is copied unchanged and
   its error recorded in the shard's report, ``_<job>/<shard>.json``; the next run retries it.
+- **No key verify rejects is written back.** A sample whose key is not a valid key
+  (:func:`cals.shard_format.is_valid_key`) is left out of the new shard, its error recorded.
 - **Drops are prep failures.** A dropped sample (``out_of_sync``) leaves the shard, and its row
   in the shard's manifest part (``_parts/<shard>.parquet``) becomes ``failed`` with the reason
   and detail, written before the new shard replaces the old one. A prep re-run therefore still
@@ -41,7 +43,7 @@ import webdataset as wds
 
 from cals.atomic import atomic_write, publish, temp_path
 from cals.layout import MANIFEST_FILE, part_name, report_dir, report_name
-from cals.shard_format import META_MEMBER
+from cals.shard_format import META_MEMBER, is_valid_key
 from pipeline.manifest import read_metadata, read_rows, write_parquet
 
 #: Longest error detail kept in a report or the manifest (as prep's details).
@@ -159,6 +161,12 @@ def rewrite_shard(
         with open(tmp, "wb") as stream, wds.TarWriter(stream, mtime=0, user="cals", group="cals", encoder=False) as tar:
             for raw in wds.WebDataset([str(path)], shardshuffle=False, empty_check=False):
                 key = raw["__key__"]
+                if not is_valid_key(key):
+                    records[key] = {"status": "error", "detail": f"invalid sample key {key!r} (letters, digits, '_' and '-' only): not written back"}
+                    changed = True
+                    if progress:
+                        progress(1, 1)
+                    continue
                 meta = json.loads(raw[META_MEMBER])
                 members = {name for name in raw if not name.startswith("_")}
                 if job.is_done(meta, members):
