@@ -4,7 +4,8 @@ Shared by every ``cals-train`` command. A chain of small WebDataset stages, shuf
 decoding (the buffer holds compressed samples), decoding only the frames of the window used:
 
     shards (resampled, or split by rank then by worker)
-      → tar samples → shuffle(buffer) → check compatibility → random window (decode)
+      → tar samples → check (member SHA-1s, mel/lip) → shuffle(buffer) → check compatibility
+      → random window (decode)
         [+ one reference frame from outside the window] [+ the window's utterance mel]
       → [noise at an SNR, mel recomputed with cals.mel] → [SpecAugment] → batch (pad + mask)
 
@@ -12,10 +13,19 @@ Resampled (default): every rank and loader worker draws shards with replacement 
 seeded stream (seed, rank, worker, epoch), so no rank ever starves and ranks see different
 samples; an epoch is a number of batches set on the loader. Not resampled: shards are split by
 rank, then by worker, and there must be at least ranks x workers shards.
+
+Bad data (``StreamConfig.on_bad_sample``): a sample that fails :func:`cals.shard_format.check_raw`
+or does not decode, and a shard that is not a readable tar, are skipped with one warning line
+each (``"skip"``, the default) or stop the stream with one line naming shard and key
+(``"fail"``: :class:`cals.data.BadData`). Every batch carries ``data_errors``: the samples its
+loader worker skipped since its previous batch. A stream with no readable shard, or whose
+shards hold no usable sample, stops with one line.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import random
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
@@ -24,9 +34,14 @@ import numpy as np
 import webdataset as wds
 
 from cals.constants import AUDIO_SAMPLES_PER_FRAME, MEL_HOP, MEL_ROWS_PER_FRAME, N_MELS, REFERENCE_MARGIN_FRAMES, SAMPLE_RATE
-from cals.data import shard_paths
+from cals.data import BadData, read_shard, sample_name, shard_paths
 from cals.mel import MEL_PARAMS, log_mel
-from cals.shard_format import FORMAT_VERSION, read_audio, read_frames, read_lip, read_meta, read_mel
+from cals.shard_format import FORMAT_VERSION, FRAME_CODECS, check_raw, read_audio, read_frames, read_lip, read_meta, read_mel
+
+log = logging.getLogger(__name__)
+
+#: ``StreamConfig.on_bad_sample``: skip a bad sample or unreadable shard (warned, counted), or stop.
+BAD_SAMPLE_POLICIES = ("skip", "fail")
 
 
 class ShardMismatch(ValueError):
@@ -95,6 +110,8 @@ class StreamConfig:
             cut into consecutive chunks of this many frames (as :meth:`CalsModel.lip_units` cuts
             it at inference), the chunk holding the window: the whole clip when it is no longer
             (see :func:`utterance_span`). 0: none.
+        on_bad_sample: a bad sample or unreadable shard is skipped with a warning and counted
+            (``"skip"``) or stops the stream with one line (``"fail"``); see the module doc.
     """
 
     shards: Any
@@ -114,8 +131,11 @@ class StreamConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     reference: Optional[str] = None
     utterance_frames: int = 0
+    on_bad_sample: str = "skip"
 
     def __post_init__(self) -> None:
+        if self.on_bad_sample not in BAD_SAMPLE_POLICIES:
+            raise ValueError(f"on_bad_sample must be one of {', '.join(BAD_SAMPLE_POLICIES)}, got {self.on_bad_sample!r}")
         if self.reference is not None and self.reference not in REFERENCE_RULES:
             raise ValueError(f"reference must be one of {', '.join(REFERENCE_RULES)}, got {self.reference!r}")
         if self.reference is not None and not self.frames:
@@ -365,15 +385,133 @@ def collate(windows: Sequence[dict]) -> dict[str, Any]:
     return batch
 
 
-def _windows(config: StreamConfig) -> Callable[[Iterable[dict]], Iterator[dict]]:
-    """The stage that checks, cuts and augments; one RNG per loader worker."""
+class DataErrors:
+    """The bad data one stream (one loader worker: each has its own copy) met, under its policy.
+
+    Attributes:
+        policy: ``StreamConfig.on_bad_sample``.
+        urls: every shard the stream may read.
+        bad_shards: unreadable shard → why (each skipped for the rest of the stream).
+        read: shards read to their end at least once.
+        good: samples that passed the check.
+        skipped: samples skipped since the last batch (taken by :meth:`take`).
+    """
+
+    def __init__(self, policy: str, urls: Sequence[str]) -> None:
+        self.policy = policy
+        self.urls = set(urls)
+        self.reset()
+
+    def reset(self) -> None:
+        """Start of an iteration: nothing met yet."""
+        self.bad_shards: dict[str, str] = {}
+        self.read: set[str] = set()
+        self.good = 0
+        self.skipped = 0
+        self.total = 0
+        self.warned: set[str] = set()
+
+    def bad_sample(self, raw: dict, problem: str, warn: bool = True) -> None:
+        """Skip ``raw`` (warned once per sample; the count grows every time) or, under "fail", raise."""
+        line = f"bad sample {sample_name(raw)}: {problem}"
+        if self.policy == "fail":
+            raise BadData(line)
+        self.skipped += 1
+        self.total += 1
+        if warn and line not in self.warned:
+            self.warned.add(line)
+            log.warning("skipped %s", line)
+
+    def bad_shard(self, url: str, error: BadData) -> None:
+        """Shard ``url`` does not read: skip it from now on (one warning), or raise under "fail"."""
+        if self.policy == "fail":
+            raise error
+        if url not in self.bad_shards:
+            self.bad_shards[url] = str(error)
+            log.warning("skipped %s", error)
+
+    def check_usable(self, finished: bool) -> None:
+        """Raise BadData when no usable sample can come: every shard unreadable, or every shard
+        read (``finished``: this worker's share of them) without one good sample."""
+        if self.good:
+            return
+        left_out = self.read | set(self.bad_shards)
+        if (finished and left_out) or (self.urls and self.urls <= left_out):
+            unreadable = "; ".join(sorted(self.bad_shards.values())[:3]) or "none unreadable"
+            raise BadData(f"no usable sample in {len(left_out)} shard(s): {len(self.bad_shards)} unreadable, "
+                          f"{self.total} bad sample(s) skipped ({unreadable})")
+
+    def take(self) -> int:
+        """Samples skipped since the previous call."""
+        count, self.skipped = self.skipped, 0
+        return count
+
+
+def _read_shards(errors: DataErrors) -> Callable[[Iterable[dict]], Iterator[dict]]:
+    """``{url}`` → raw samples (:func:`cals.data.read_shard`), leaving out shards found unreadable."""
+
+    def stage(sources: Iterable[dict]) -> Iterator[dict]:
+        errors.reset()
+        for source in sources:
+            url = source["url"]
+            errors.check_usable(finished=False)
+            if url in errors.bad_shards:
+                continue
+            yield from read_shard(url, functools.partial(errors.bad_shard, url))
+            errors.read.add(url)
+        errors.check_usable(finished=True)
+
+    return stage
+
+
+def _checked(config: StreamConfig, errors: DataErrors) -> Callable[[Iterable[dict]], Iterator[dict]]:
+    """Keep the samples that pass :func:`cals.shard_format.check_raw` (the frames member is not
+    hashed when the run decodes no frames); a sample of a shard found unreadable is skipped
+    without a warning of its own (its shard's names it)."""
+    skip = () if config.frames else tuple(FRAME_CODECS.values())
+
+    def stage(samples: Iterable[dict]) -> Iterator[dict]:
+        for raw in samples:
+            if raw.get("__url__") in errors.bad_shards:
+                errors.bad_sample(raw, "in an unreadable shard", warn=False)
+                continue
+            problems = check_raw(raw, skip)
+            if problems:
+                errors.bad_sample(raw, "; ".join(problems))
+                continue
+            errors.good += 1
+            yield raw
+
+    return stage
+
+
+def _count_errors(errors: DataErrors) -> Callable[[Iterable[dict]], Iterator[dict]]:
+    """Each batch gets ``data_errors``: samples skipped since the previous batch."""
+
+    def stage(batches: Iterable[dict]) -> Iterator[dict]:
+        for batch in batches:
+            batch["data_errors"] = errors.take()
+            yield batch
+
+    return stage
+
+
+def _windows(config: StreamConfig, errors: DataErrors) -> Callable[[Iterable[dict]], Iterator[dict]]:
+    """The stage that checks, cuts and augments; one RNG per loader worker. A sample whose
+    window does not decode (an image, the FLAC) is a bad sample."""
 
     def stage(samples: Iterable[dict]) -> Iterator[dict]:
         rng = random.Random(worker_seed(config) + 1)
         noises = [_load_noise(p) for p in config.augment.noise_files]
         for raw in samples:
             check_compatible(read_meta(raw), config)
-            window = cut_window(raw, config, rng)
+            try:
+                window = cut_window(raw, config, rng)
+            except ShardMismatch:
+                raise
+            except (ValueError, RuntimeError) as error:  # cv2/soundfile: the member does not decode
+                errors.bad_sample(raw, f"does not decode ({error})")
+                continue
             window = add_noise(window, noises, config.augment, rng)
             window = spec_augment(window, config.augment, rng)
             window.pop("context_audio")
@@ -409,20 +547,20 @@ def check_shard_count(urls: Sequence[str], config: StreamConfig, world_size: int
 
 
 def make_dataset(config: StreamConfig, world_size: int = 1) -> wds.DataPipeline:
-    """The pipeline of stages (an IterableDataset yielding collated batches)."""
+    """The pipeline of stages (an IterableDataset yielding collated batches, each with
+    ``data_errors``: see the module doc)."""
     urls = shard_paths(config.shards, config.split)
     check_shard_count(urls, config, world_size)
     if config.resampled:
         source = [wds.ResampledShards(urls, worker_seed=lambda: worker_seed(config), deterministic=True)]
     else:
         source = [wds.SimpleShardList(urls), wds.split_by_node, wds.split_by_worker]
-    stages = [
-        *source,
-        wds.tarfile_to_samples(handler=wds.reraise_exception),
-    ]
+    errors = DataErrors(config.on_bad_sample, urls)
+    stages = [*source, _read_shards(errors), _checked(config, errors)]
     if config.shuffle_buffer > 0:
         stages.append(_shuffle(config))
-    stages += [_windows(config), wds.batched(config.batch_size, collation_fn=collate, partial=not config.resampled)]
+    stages += [_windows(config, errors), wds.batched(config.batch_size, collation_fn=collate, partial=not config.resampled),
+               _count_errors(errors)]
     return wds.DataPipeline(*stages)
 
 
@@ -439,11 +577,13 @@ def make_loader(config: StreamConfig, batches_per_epoch: Optional[int] = None, w
 
 
 def mean_lip_unit(source: Any, split: str = "train", limit: int = 10_000) -> Optional[np.ndarray]:
-    """Mean lip unit over up to ``limit`` frames of a split (the trivial baseline predictor)."""
-    from cals.data import iter_samples
+    """Mean lip unit over up to ``limit`` frames of a split (the trivial baseline predictor).
+    A bad sample or unreadable shard is left out with a warning (the training stream then counts
+    it, or stops, by its own ``on_bad_sample``)."""
+    from cals.data import iter_samples, skip_with_warning
 
     total, count = None, 0
-    for sample in iter_samples(source, split=split, frames=False):
+    for sample in iter_samples(source, split=split, frames=False, handler=skip_with_warning):
         if sample.lip is None:
             return None
         lip = sample.lip.astype(np.float64)

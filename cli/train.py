@@ -97,6 +97,7 @@ def _common_options(
     ckpt_every: int = typer.Option(TrainConfig.ckpt_every, "--ckpt-every", min=1, help="Steps between checkpoints (also the data-segment length for exact resume)."),
     keep: int = typer.Option(TrainConfig.keep, "--keep", min=1, help="Checkpoints kept."),
     log_keys: bool = typer.Option(TrainConfig.log_keys, "--log-keys", help="Record every batch's sample keys per rank in keys-rank<R>.txt (data audit)."),
+    on_bad_sample: str = typer.Option(TrainConfig.on_bad_sample, "--on-bad-sample", help="skip: a corrupt sample (member SHA-1, undecodable, non-finite) or unreadable shard is skipped with a warning and counted (data_errors); fail: it stops the run with one line."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Template: its parameters are the flags every training command shares."""
