@@ -146,26 +146,26 @@ def plain_values(options: dict[str, typing.Any]) -> dict[str, typing.Any]:
     return {name: value.value if isinstance(value, Enum) else value for name, value in options.items()}
 
 
-def register_command(app: typer.Typer, name: str, command: Callable, parameters: Sequence[inspect.Parameter], doc: str | None) -> None:
-    """Register ``command`` (which takes ``**options``) under ``name`` with the given options:
-    how ``prep_command`` and ``train_command`` add their shared options to each command's own."""
-    command.__signature__ = inspect.Signature(list(parameters))
-    command.__doc__ = doc
-    command.__name__ = name
-    app.command(name)(command)
+class PlainUsageCommand(typer.core.TyperCommand):
+    """A command whose usage line names its arguments as Click does (``DATASET``, ``[PATH]``),
+    not as Typer's ``{dataset}``."""
+
+    def collect_usage_pieces(self, ctx: typing.Any) -> list[str]:
+        return [re.sub(r"^\{(.+)\}", lambda name: name.group(1).upper(), piece) if piece != self.options_metavar else piece
+                for piece in super().collect_usage_pieces(ctx)]
 
 
-def keyword_parameters(function: Callable) -> list[inspect.Parameter]:
-    """``function``'s parameters, keyword-only, with annotations resolved to types (Typer needs
-    real types; modules using ``from __future__ import annotations`` hold strings)."""
-    hints = typing.get_type_hints(function)
-    return [
-        p.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=hints.get(p.name, p.annotation))
-        for p in inspect.signature(function).parameters.values()
-    ]
+class CommandApp(typer.Typer):
+    """A Typer app whose commands are :class:`PlainUsageCommand` unless they name their own class."""
+
+    def command(self, *args: typing.Any, cls: Optional[type] = None, **options: typing.Any) -> Callable:
+        return super().command(*args, cls=cls or PlainUsageCommand, **options)
 
 
-def plain_values(options: dict[str, typing.Any]) -> dict[str, typing.Any]:
-    """``options`` with each choice (an Enum such as :class:`DetectorName`) replaced by its
-    value, as the library's dataclasses take plain strings."""
-    return {name: value.value if isinstance(value, Enum) else value for name, value in options.items()}
+def new_app(doc: str) -> typer.Typer:
+    """The Typer app of a ``cals-*`` command, in the one help style they all share: plain Click
+    help (no Rich boxes, no ``<bool>`` on flags), usage lines as Click writes them, and the
+    module docstring's first paragraph as the summary with its RST literal quotes (````x````)
+    removed."""
+    summary = doc.split("\n\n")[0].replace("``", "")
+    return CommandApp(add_completion=False, no_args_is_help=True, help=summary, rich_markup_mode=None)

@@ -16,9 +16,9 @@ from typing import Optional
 
 import typer
 from rich.console import Console
-from cli.common import err, fail, run_app
+from cli.common import err, fail, new_app, run_app
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0])
+app = new_app(__doc__)
 
 
 @app.command()
@@ -30,24 +30,28 @@ def evaluate(
     critic: Optional[Path] = typer.Option(None, "--critic", help="LSE with the project's sync critic (a cals-train syncnet run) instead: not on SyncNet's scale."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N clips."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write OUT.md (the table) and OUT.json (per-clip numbers)."),
-    device: str = typer.Option("cpu", "--device", help="torch device of the models (cpu, cuda, cuda:1, ...)."),
+    device: Optional[str] = typer.Option(None, "--device", help="torch device of the models (cpu, cuda, cuda:1, ...) [default: CUDA when available]."),
     quiet: bool = typer.Option(False, "--quiet", help="No per-clip progress lines."),
 ) -> None:
     """Evaluate a CALS model on a split: the paper's Table 1 (PSNR, SSIM, LMD, LSE-D, LSE-C), lower-half PSNR and mouth-aperture r, with true, shifted and another clip's audio."""
-    from cals.eval import evaluate as run_evaluation
+    from cals.eval import evaluate as run_evaluation, report_paths
+    from cals.train.loop import resolve_device
 
     def progress(clip) -> None:
         if not quiet:
             err.print(clip.progress_line(), highlight=False, soft_wrap=True)
 
     try:
-        report = run_evaluation(shards, ckpt, split=split, syncnet=syncnet, critic=critic, limit=limit, out=out, device=device, progress=progress)
+        report = run_evaluation(shards, ckpt, split=split, syncnet=syncnet, critic=critic, limit=limit, out=out,
+                                device=device or str(resolve_device(None)), progress=progress)
     except (FileNotFoundError, ValueError) as error:
         fail(str(error))
     Console().print(report.to_markdown(), highlight=False, soft_wrap=True, markup=False)
     stats = report.summary()
     if stats["clips"] == 0:
         fail(f"no {split!r} samples in {shards}", code=1)
+    if out is not None:
+        err.print("wrote " + " and ".join(str(path) for path in report_paths(out)), highlight=False, soft_wrap=True)
     if stats["clips_failed"] == stats["clips"]:
         fail("no clip could be evaluated; see the errors above", code=1)
 

@@ -18,10 +18,10 @@ import typer
 from rich.console import Console
 
 from cals.constants import SYNC_MAX_OFFSET, SYNC_MIN_CONF, SYNCNET_BATCH_SIZE, SYNCNET_VSHIFT
-from cli.common import DetectorName, MediapipeModel, err, fail, keyword_parameters, plain_values, register_command, run_app
+from cli.common import DetectorName, MediapipeModel, err, fail, keyword_parameters, new_app, plain_values, register_command, run_app
 from pipeline.prep_job import NothingPrepared, PrepJobError, PrepOptions, prepare_dataset
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0], rich_markup_mode=None)
+app = new_app(__doc__)
 
 
 def _common_options(
@@ -89,8 +89,8 @@ def prep_command(command_name: str) -> Callable[[Recipe], Recipe]:
 @prep_command("folder")
 def folder(
     root: Path = typer.Option(..., "--root", help="Folder of videos (mp4 avi mkv mov webm), searched recursively; speaker = parent folder name."),
-    val: float = typer.Option(0.05, "--val", help="Share of speakers in the val split (speaker-hashed)."),
-    test: float = typer.Option(0.05, "--test", help="Share of speakers in the test split (speaker-hashed)."),
+    val: float = typer.Option(0.05, "--val", help="Share of speakers in the val split (speaker-hashed; by clip when too few speakers leave it empty)."),
+    test: float = typer.Option(0.05, "--test", help="Share of speakers in the test split (speaker-hashed; by clip when too few speakers leave it empty)."),
 ):
     """Prepare any folder of talking-face videos into OUT/NAME/ shards + manifest.parquet + prep.json."""
     from pipeline.recipes.folder import prepare_folder

@@ -22,9 +22,9 @@ from rich.table import Table
 from cals.constants import SYNCNET_BATCH_SIZE, SYNCNET_VSHIFT
 from pipeline.sync_protocols import SyncnetPythonParams
 from pipeline.sync_report import PROTOCOLS
-from cli.common import DetectorName, MediapipeModel, err, fail, run_app
+from cli.common import DetectorName, MediapipeModel, err, fail, new_app, run_app
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0])
+app = new_app(__doc__)
 
 
 _DEFAULTS = SyncnetPythonParams()
@@ -66,7 +66,7 @@ def score(
     csv_out: Optional[Path] = typer.Option(None, "--csv", help="Write per-clip scores as CSV."),
     vshift: int = typer.Option(SYNCNET_VSHIFT, "--vshift", min=0, help="Search offsets -VSHIFT..+VSHIFT frames (syncnet_python's default)."),
     batch_size: int = typer.Option(SYNCNET_BATCH_SIZE, "--batch-size", min=1, help="Windows per SyncNet forward pass."),
-    device: str = typer.Option("cpu", "--device", help="torch device for SyncNet (cpu, cuda, cuda:1, ...)."),
+    device: Optional[str] = typer.Option(None, "--device", help="torch device for SyncNet (cpu, cuda, cuda:1, ...) [default: CUDA when available]."),
     detector: DetectorName = typer.Option(DetectorName.mediapipe, "--detector", help="Face detector for raw videos (as cals-prep)."),
     mediapipe_model: MediapipeModel = typer.Option(MediapipeModel.short, "--mediapipe-model", help="short: faces within ~2 m; full: small/distant faces."),
     protocol: Protocol = typer.Option(PROTOCOLS[0], "--protocol", help="shards: samples as stored (raw videos through cals-prep's chain); syncnet_python: syncnet_python's run_pipeline chain, one score per face track (HDTF-style tables); precropped: frames as they are, resized to 224 (Wav2Lip's LRS2/LRS3 tables)."),
@@ -74,16 +74,20 @@ def score(
     jpeg: bool = typer.Option(_DEFAULTS.jpeg, "--jpeg/--no-jpeg", help="syncnet_python: JPEG round trip of the crops at ffmpeg's default quality, as syncnet_python scores them."),
 ) -> None:
     """Score lip sync: per clip the AV offset (frames), LSE-D (min dist) and LSE-C (confidence)."""
+    from cals.train.loop import resolve_device
     from pipeline.sync_report import ScoreSetupError, score_path
 
     try:
         with err.status("scoring…"):
             report = score_path(path, model, json_out=json_out, csv_out=csv_out, vshift=vshift, batch_size=batch_size,
-                                device=device, detector=detector.value, mediapipe_model=mediapipe_model.value,
+                                device=device or str(resolve_device(None)), detector=detector.value, mediapipe_model=mediapipe_model.value,
                                 protocol=protocol.value, syncnet_python=replace(_DEFAULTS, min_track=min_track, jpeg=jpeg))
     except ScoreSetupError as error:
         fail(str(error))
     _print_report(report)
+    for written in (json_out, csv_out):
+        if written is not None:
+            err.print(f"wrote {written}", highlight=False, soft_wrap=True)
     if report.detector:
         err.print(f"detector: {report.detector}", highlight=False, soft_wrap=True)
     if report.summary.clips == 0:

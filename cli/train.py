@@ -14,6 +14,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -25,12 +26,37 @@ from cals.models.cals_model import CalsConfig
 from cals.models.discriminator import DiscriminatorConfig
 from cals.models.l2f import LipToFaceConfig
 from cals.models.sync_critic import SyncCriticConfig
+from cals.models.tiny import TINY_CRITIC, TINY_DISCRIMINATOR, TINY_WINDOW, tiny_a2l_config, tiny_cals_config
 from cals.stream import AugmentConfig, StreamConfig
 from cals.train.cals import CalsLossConfig, CalsTask
 from cals.train.config import TrainConfig
 from cals.train.sync_critic import SyncLossConfig
-from cli.common import err, fail, keyword_parameters, one_line, register_command, run_app
-from pipeline.train_recipe import RecipeConfig
+from cli.common import err, fail, keyword_parameters, new_app, one_line, register_command, run_app
+from pipeline.train_recipe import STAGES, RecipeConfig
+
+#: Help of every --tiny flag.
+TINY_HELP = ("the small sizes of cals/models/tiny.py instead of the size flags: a first try on a CPU "
+             "(a few seconds per step on 2 cores; the paper's sizes take ~23 s per CALS step at batch 2).")
+
+
+def _print_checkpoints(out: Path) -> None:
+    """The closing line of a training command: where its checkpoints are."""
+    from cals.train.checkpoint import latest
+
+    info = latest(out)
+    if info is not None:
+        err.print(f"checkpoints in {out} (newest: step {info['step']}, {info['weights']})", highlight=False, soft_wrap=True)
+
+
+def _warn_without_val(train: TrainConfig) -> None:
+    """One warning when validation is asked for (--val-every) on a dataset without a val split."""
+    from cals.data import shard_paths
+
+    if train.val_every:
+        try:
+            shard_paths(train.shards, train.val_split)
+        except FileNotFoundError as missing:
+            err.print(f"warning: --val-every {train.val_every} validates nothing: {missing}", highlight=False, soft_wrap=True)
 
 
 def _csv(values: tuple[int, ...]) -> str:
@@ -38,7 +64,7 @@ def _csv(values: tuple[int, ...]) -> str:
     return ",".join(str(v) for v in values)
 
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0], rich_markup_mode=None)
+app = new_app(__doc__)
 
 
 @app.callback(invoke_without_command=True)
@@ -54,7 +80,8 @@ def _app(
     ckpt_every: int = typer.Option(RecipeConfig.ckpt_every, "--ckpt-every", min=1, help="Recipe: steps between checkpoints."),
     lip_model: Optional[Path] = typer.Option(None, "--lip-model", help="Recipe: lip-unit model (e.g. syncnet_v2.model) [default: the recipe's sync critic]."),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Recipe: Ray actors adding lip units [default: one per CPU]."),
-    tiny: bool = typer.Option(RecipeConfig.tiny, "--tiny", help="Recipe: small widths everywhere (smoke tests on a CPU)."),
+    keep_units: bool = typer.Option(RecipeConfig.keep_units, "--keep-units", help="Recipe: keep the lip units already in the shards even when another model made them [default: re-extract them from the recipe's critic or --lip-model]."),
+    tiny: bool = typer.Option(RecipeConfig.tiny, "--tiny", help=f"Recipe: {TINY_HELP}"),
     quiet: bool = typer.Option(False, "--quiet", help="Recipe: no progress bars."),
 ) -> None:
     """Train lip-sync models on cals-prep shards.
@@ -70,12 +97,15 @@ def _app(
     from pipeline.train_recipe import run_recipe
 
     config = RecipeConfig(steps_per_stage=steps_per_stage, batch_size=batch_size, lr=lr, device=device, seed=seed,
-                          ckpt_every=ckpt_every, lip_model=str(lip_model) if lip_model else None, workers=workers, tiny=tiny)
+                          ckpt_every=ckpt_every, lip_model=str(lip_model) if lip_model else None, keep_units=keep_units,
+                          workers=workers, tiny=tiny)
     try:
         stages = run_recipe(shards, out, config, log=lambda line: err.print(line, highlight=False), show_progress=not quiet)
     except (FileNotFoundError, FileExistsError, ValueError, ShardMismatch) as error:
         fail(str(error))
     err.print("done: " + ", ".join(f"{name} {what}" for name, what in stages.items()), highlight=False)
+    for stage in STAGES:
+        _print_checkpoints(out / stage)
 
 
 def _common_options(
@@ -155,9 +185,11 @@ def train_command(name: str) -> Callable:
                 task, overrides = build(**options)
                 settings = train_settings(common, config_file, ctx)
                 train = TrainConfig.from_dict({**settings, "shards": str(common["shards"]), "out": str(common["out"]), **overrides})
+                _warn_without_val(train)
                 run(task, train, show_progress=not quiet)
             except (FileNotFoundError, FileExistsError, ValueError, ShardMismatch) as error:
                 fail(str(error))
+            _print_checkpoints(Path(train.out))
 
         register_command(app, name, command, [*own, *COMMON_PARAMETERS, CONTEXT_PARAMETER], build.__doc__)
         return build
@@ -181,6 +213,7 @@ def a2l(
     noise_prob: float = typer.Option(AugmentConfig.noise_prob, "--noise-prob", min=0.0, max=1.0, help="Share of windows that get noise."),
     time_masks: int = typer.Option(AugmentConfig.time_masks, "--time-masks", min=0, help=f"SpecAugment time masks per window (each at most {AugmentConfig.time_mask_rows} mel rows)."),
     freq_masks: int = typer.Option(AugmentConfig.freq_masks, "--freq-masks", min=0, help=f"SpecAugment frequency masks per window (each at most {AugmentConfig.freq_mask_bins} mel bins)."),
+    tiny: bool = typer.Option(RecipeConfig.tiny, "--tiny", help=f"Sizes (--layers, --d-model, --ffn, --heads): {TINY_HELP}"),
     dataset: str = "",
 ):
     """Pre-train the Audio-to-Lip transformer: predict masked lip units from audio."""
@@ -196,6 +229,9 @@ def a2l(
                        mask_span=mask_span, mask_ratio=mask_ratio)
     augment = AugmentConfig(noise_files=noise_files, snr_db=(snr_min, snr_max), noise_prob=noise_prob,
                             time_masks=time_masks, freq_masks=freq_masks)
+    if tiny:
+        small = tiny_a2l_config(config.unit_dim)
+        config = replace(config, layers=small.layers, d_model=small.d_model, ffn=small.ffn, heads=small.heads)
     return A2LTask(config, lip_kind=spec.get("kind"), augment=augment), {} if window is None else {"window": window}
 
 
@@ -223,24 +259,32 @@ def cals_task(
     ema_decay: float = typer.Option(CalsLossConfig.ema_decay, "--ema-decay", min=0.0, max=0.999999, help="Plateau rule: decay of the L_recon moving average."),
     sync_segments: int = typer.Option(CalsLossConfig.sync_segments, "--sync-segments", min=1, help=f"S, segments of {LIP_WINDOW_FRAMES} frames per window for L_sync."),
     preview_every: int = typer.Option(500, "--preview-every", min=0, help="Steps between preview images (previews/ and TensorBoard; 0: none)."),
-    window: int = typer.Option(CalsConfig.window, "--window", min=1, help="Frames generated together (training window and inference chunk)."),
+    window: Optional[int] = typer.Option(None, "--window", min=1, help=f"Frames generated together (training window and inference chunk) [default: {CalsConfig.window}; {TINY_WINDOW} with --tiny]."),
     widths: str = typer.Option(_csv(LipToFaceConfig.widths), "--widths", help="Lip-to-Face encoder widths per stage, comma-separated (each later stage halves the size)."),
     lip_channels: int = typer.Option(LipToFaceConfig.lip_channels, "--lip-channels", min=1, help="Size of the projected lip code."),
     film: bool = typer.Option(LipToFaceConfig.film, "--film/--no-film", help="FiLM-condition every decoder scale on the lip code (else the bottleneck only)."),
     disc_widths: str = typer.Option(_csv(DiscriminatorConfig.widths), "--disc-widths", help="PatchGAN discriminator widths, comma-separated."),
+    tiny: bool = typer.Option(RecipeConfig.tiny, "--tiny", help=f"Sizes (--widths, --lip-channels, --disc-widths; A2L's without --a2l): {TINY_HELP}"),
 ):
     """Train CALS end to end: Audio-to-Lip + Lip-to-Face against a frame discriminator, then the sync critic."""
     from cals.train.cals import a2l_config_of_run
 
     a2l_config = a2l_config_of_run(a2l) if a2l is not None else A2LConfig()
+    if tiny and a2l is None:
+        a2l_config = tiny_a2l_config(a2l_config.unit_dim)
     if critic is not None and not critic.exists():
         raise FileNotFoundError(f"--critic {critic} does not exist")
     l2f = LipToFaceConfig(unit_dim=a2l_config.unit_dim, widths=_widths(widths, "--widths"), lip_channels=lip_channels, film=film)
+    discriminator = DiscriminatorConfig(_widths(disc_widths, "--disc-widths"))
+    if tiny:
+        small = tiny_cals_config(a2l_config.unit_dim)
+        l2f, discriminator = replace(l2f, widths=small.l2f.widths, lip_channels=small.l2f.lip_channels), TINY_DISCRIMINATOR
+    window = window or (TINY_WINDOW if tiny else CalsConfig.window)
     config = CalsConfig(a2l=a2l_config, l2f=l2f, window=window)
     losses = CalsLossConfig(lambda_recon=lambda_recon, lambda_gan=lambda_gan, lambda_sync=lambda_sync if critic is not None else 0.0,
                             sync_after=sync_after, ema_decay=ema_decay, plateau_steps=plateau_steps, plateau_tol=plateau_tol,
                             sync_segments=sync_segments)
-    task = CalsTask(config, losses, DiscriminatorConfig(_widths(disc_widths, "--disc-widths")),
+    task = CalsTask(config, losses, discriminator,
                     a2l_init=str(a2l) if a2l is not None else None, critic=str(critic) if critic is not None else None,
                     freeze_a2l=freeze_a2l, preview_every=preview_every)
     return task, {"window": window}
@@ -260,6 +304,7 @@ def syncnet(
     mouth_size: str = typer.Option(_csv(SyncCriticConfig.mouth_size), "--mouth-size", help="Height,width the mouth region (lower half of the crop) is resized to; multiples of 16."),
     video_channels: str = typer.Option(_csv(SyncCriticConfig.video_channels), "--video-channels", help="Widths of the 5 video convolutions, comma-separated."),
     audio_channels: str = typer.Option(_csv(SyncCriticConfig.audio_channels), "--audio-channels", help="Widths of the 5 audio convolutions, comma-separated."),
+    tiny: bool = typer.Option(RecipeConfig.tiny, "--tiny", help=f"Sizes (--embed-dim, --mouth-size, --*-channels): {TINY_HELP}"),
 ):
     """Pre-train the sync critic (video F_v, audio F_a) with the multi-way matching loss."""
     from cals.train.sync_critic import LOSSES, SyncCriticTask, min_window
@@ -272,6 +317,8 @@ def syncnet(
     model = SyncCriticConfig(embed_dim=embed_dim, t_s=LIP_WINDOW_FRAMES, mouth_size=size,
                              video_channels=_widths(video_channels, "--video-channels"),
                              audio_channels=_widths(audio_channels, "--audio-channels"))
+    if tiny:
+        model = TINY_CRITIC
     losses = SyncLossConfig(offsets=offsets, loss=loss, temperature=temperature)
     return SyncCriticTask(model, losses), {"window": window or max(DEFAULT_SYNC_WINDOW, min_window(model, losses))}
 

@@ -130,6 +130,16 @@ class GenerateParams:
             raise ValueError(f"paste must be one of {', '.join(PASTE_REGIONS)}, got {self.paste!r}")
 
 
+def _advancing(write, progress, task):
+    """``write`` that also advances ``task`` of ``progress`` by one frame."""
+
+    def counted(frame: np.ndarray) -> None:
+        write(frame)
+        progress.advance(task)
+
+    return counted
+
+
 def _keep(frames: Iterator[np.ndarray], held: list[np.ndarray]) -> Iterator[np.ndarray]:
     for frame in frames:
         held.append(frame)
@@ -169,10 +179,12 @@ def generate_video(
     params: GenerateParams = GenerateParams(),
     device: str = "cpu",
     model=None,
+    show_progress: bool = False,
 ) -> GenerateResult:
     """Lip-sync ``face`` (video or image) to ``audio`` (WAV or video) with the CALS model at
     ``ckpt`` (a run folder or a .safetensors in one; or pass a loaded ``model``) and write
-    ``out`` (mp4). See the module docstring.
+    ``out`` (mp4). See the module docstring. ``show_progress``: a progress bar per step (face
+    crops, model, paste + encode) with frames/s on stderr, when stderr is a terminal.
 
     Raises:
         InputError: an unusable face or audio input (reasons ``empty_file``, ``unreadable``,
@@ -185,12 +197,29 @@ def generate_video(
     except ClipError as error:
         raise InputError("audio", audio, error) from None
     try:
-        return _generate(face, sound, ckpt, out, params, device, model)
+        with frame_progress(show_progress) as progress:
+            return _generate(face, sound, ckpt, out, params, device, model, progress)
     except ClipError as error:
         raise InputError("face", face, error) from None
 
 
-def _generate(face, sound: np.ndarray, ckpt, out, params: GenerateParams, device: str, model) -> GenerateResult:
+def frame_progress(show: bool):
+    """A rich progress display for frames on stderr, with frames/s; renders nothing unless
+    ``show`` and stderr is a terminal."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
+    from rich.text import Text
+
+    class FramesPerSecond(ProgressColumn):
+        def render(self, task) -> Text:
+            return Text(f"{task.speed:.1f} frames/s" if task.speed else "")
+
+    console = Console(stderr=True)
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), FramesPerSecond(), TimeElapsedColumn(),
+                    console=console, disable=not (show and console.is_terminal))
+
+
+def _generate(face, sound: np.ndarray, ckpt, out, params: GenerateParams, device: str, model, progress) -> GenerateResult:
     from cals.models.cals_model import load_cals_model
 
     face_info = probe(face)
@@ -203,7 +232,7 @@ def _generate(face, sound: np.ndarray, ckpt, out, params: GenerateParams, device
     detector = make_detector(params.detector, params.mediapipe_model)
     try:
         with closing(iter_frames(face_info)) as decoded:
-            frames = islice(decoded, total)
+            frames = progress.track(islice(decoded, total), total=total, description="face crops")
             crops, boxes, detected = face_crops(_keep(frames, held) if hold else frames, detector, params)
     finally:
         detector.close()
@@ -218,9 +247,13 @@ def _generate(face, sound: np.ndarray, ckpt, out, params: GenerateParams, device
 
     schedule = frame_schedule(source_frames, total)
     padded, _ = fit_audio(sound, total)
+    model_step = progress.add_task("model", total=total)
     faces = generate_faces(model, crops[schedule], log_mel(padded, MEL_PARAMS))
+    progress.update(model_step, completed=total)
+    writing = progress.add_task("paste + encode", total=total)
 
     with VideoEncoder(out, face_info.width, face_info.height, sound, lossless=params.lossless, crf=params.crf) as encoder:
+        encoder.write = _advancing(encoder.write, progress, writing)
         if held:
             for index, source in enumerate(schedule):
                 encoder.write(paste_face(held[source], faces[index], boxes[source], params.feather, params.paste))

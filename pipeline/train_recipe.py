@@ -3,16 +3,23 @@
 Stages, each a normal run of :func:`cals.train.loop.run` in its own folder under ``out``:
 
 1. ``sync/``  the sync critic (multi-way matching loss; :mod:`cals.train.sync_critic`);
-2. lip units into the shards if they have none (:func:`pipeline.units.add_lip_units`, with
-   ``lip_model`` when given, else the critic of stage 1; with ``lip_model`` given the step always
-   runs, and skips the shards already done with that model);
+2. lip units into the shards (:func:`pipeline.units.add_lip_units`) from ``lip_model`` when
+   given, else from the critic of stage 1. Units already in the shards are kept only when they
+   come from that model (the digest in ``json.lip_units`` equals the model's, see
+   :func:`cals.models.lip_units.model_digest`), or with ``keep_units``; otherwise they are
+   re-extracted, and the stage's line says which and why. Samples already done with the model
+   are copied as they are;
 3. ``a2l/``   Audio-to-Lip pre-training on those units (whole utterances);
 4. ``cals/``  CALS end to end, A2L initialised from stage 3, the critic of stage 1 frozen.
 
 Re-running the same command resumes: a stage whose newest checkpoint has reached
 ``steps_per_stage`` is skipped, an unfinished one continues from its newest checkpoint
-(``--resume`` semantics), a missing one starts. In CALS the plateau rule for λ3 compares every
-``steps_per_stage // 10`` steps (at most 500), so the sync loss can switch on within the stage.
+(``--resume`` semantics), a missing one starts. A larger ``steps_per_stage`` in the same
+``out`` grows every stage: each continues with the settings it started with (its stored
+``ckpt_every``, the data-segment length, and for CALS its plateau and preview periods), so
+the steps already done stay exactly those of an uninterrupted run. In CALS the plateau rule for
+λ3 compares every ``steps_per_stage // 10`` steps (at most 500), so the sync loss can switch on
+within the stage. Every stage logs one line: what it does, or what it skips and why.
 ``tiny`` gives every model the small widths of :mod:`cals.models.tiny` (smoke tests on a CPU).
 
 It lives in ``pipeline`` because stage 2 runs a pipeline step (Ray actors over the shards);
@@ -43,6 +50,7 @@ class RecipeConfig:
         steps_per_stage: optimizer steps of each training stage.
         batch_size, lr, device, seed, num_workers, ckpt_every: as :class:`TrainConfig` (every stage).
         lip_model: the lip-unit model for stage 2 (None: the stage-1 critic).
+        keep_units: keep lip units already in the shards even when another model made them.
         workers: Ray actors of stage 2 (None: one per CPU).
         tiny: small widths everywhere (tests).
         augment: audio augmentation of the A2L and CALS stages (the paper's SpecAugment by
@@ -57,6 +65,7 @@ class RecipeConfig:
     num_workers: int = 0
     ckpt_every: int = 500
     lip_model: Optional[str] = None
+    keep_units: bool = False
     workers: Optional[int] = None
     tiny: bool = False
     augment: AugmentConfig = PAPER_AUGMENT
@@ -64,38 +73,63 @@ class RecipeConfig:
 
 def stage_done(folder: Path, steps: int) -> bool:
     """Whether a run folder's newest checkpoint has reached ``steps``."""
+    return _step_of(folder) >= steps
+
+
+def _step_of(folder: Path) -> int:
+    """The step of a run folder's newest checkpoint (0: none yet)."""
     from cals.train.checkpoint import latest
 
     info = latest(folder) if folder.is_dir() else None
-    return info is not None and int(info["step"]) >= steps
+    return 0 if info is None else int(info["step"])
+
+
+def _saved_run(folder: Path) -> dict[str, Any]:
+    """The config.json of an earlier run in ``folder`` ({} when there is none)."""
+    from cals.train.checkpoint import CONFIG_FILE, read_json
+
+    return read_json(folder / CONFIG_FILE) if (folder / CONFIG_FILE).is_file() else {}
 
 
 def _train(shards: str, folder: Path, config: RecipeConfig, window: Optional[int]):
+    """The stage's TrainConfig; a stage already started keeps its stored ``ckpt_every``."""
     from cals.train.config import TrainConfig
 
+    ckpt_every = _saved_run(folder).get("train", {}).get("ckpt_every") or min(config.ckpt_every, config.steps_per_stage)
     return TrainConfig(shards=shards, out=str(folder), steps=config.steps_per_stage, batch_size=config.batch_size, lr=config.lr,
                        resume=True, device=config.device, seed=config.seed, window=window, num_workers=config.num_workers,
-                       ckpt_every=min(config.ckpt_every, config.steps_per_stage))
+                       ckpt_every=ckpt_every)
 
 
-def _has_lip_units(shards: str) -> bool:
+def _stage(number: int, title: str, folder: Path, steps: int, log: Callable[[str], None]) -> bool:
+    """Log the stage's line; whether it still has steps to run."""
+    step = _step_of(folder)
+    if step >= steps:
+        log(f"stage {number}/4: {title}: done ({step} steps in {folder}), skipped")
+        return False
+    log(f"stage {number}/4: {title} → {folder}" + (f": continues at step {step} of {steps}" if step else f": {steps} steps"))
+    return True
+
+
+def _lip_units(shards: str) -> Optional[dict[str, Any]]:
+    """``json.lip_units`` of the shards' first train sample (None: they have none)."""
     from cals.train.a2l import lip_unit_spec
 
     try:
-        lip_unit_spec(shards, "train")
+        return lip_unit_spec(shards, "train")
     except ValueError:
-        return False
-    return True
+        return None
 
 
 def run_recipe(shards: str | Path, out: str | Path, config: RecipeConfig = RecipeConfig(),
                log: Callable[[str], None] = print, show_progress: bool = True) -> dict[str, Any]:
-    """Run (or resume) the four stages. Returns ``{stage: "trained" | "skipped" | "added" |
-    "present"}``."""
+    """Run, resume or grow the four stages, logging one line per stage. Returns ``{stage:
+    "trained" | "skipped"}`` and ``units``: ``"added" | "present"``."""
     from cals.models.a2l import A2LConfig
     from cals.models.cals_model import CalsConfig
     from cals.models.discriminator import DiscriminatorConfig
     from cals.models.l2f import LipToFaceConfig
+    from cals.models.lip_units import model_digest
     from cals.models.sync_critic import SyncCriticConfig
     from cals.models.tiny import TINY_CRITIC, TINY_DISCRIMINATOR, tiny_a2l_config, tiny_cals_config
     from cals.train.a2l import A2LTask, lip_unit_spec
@@ -114,19 +148,24 @@ def run_recipe(shards: str | Path, out: str | Path, config: RecipeConfig = Recip
     # 1. sync critic
     critic = TINY_CRITIC if config.tiny else SyncCriticConfig()
     sync_loss = SyncLossConfig()
-    if stage_done(folders["sync"], steps):
-        done["sync"] = "skipped"
-    else:
-        log(f"stage 1/4: sync critic → {folders['sync']}")
+    done["sync"] = "skipped"
+    if _stage(1, "sync critic", folders["sync"], steps, log):
         run(SyncCriticTask(critic, sync_loss), _train(shards, folders["sync"], config, min_window(critic, sync_loss)), show_progress)
         done["sync"] = "trained"
 
     # 2. lip units
-    if config.lip_model is None and _has_lip_units(shards):
+    model = config.lip_model or str(folders["sync"])
+    present = _lip_units(shards)
+    own = present is not None and present.get("digest") == model_digest(model)
+    if own or (present is not None and config.keep_units):
+        log(f"stage 2/4: lip units: {shards} has them ({f'made by {model}' if own else '--keep-units'}), kept")
         done["units"] = "present"
     else:
-        model = config.lip_model or str(folders["sync"])
-        log(f"stage 2/4: lip units from {model} → {shards}")
+        if present is not None:
+            log(f"stage 2/4: lip units in {shards} come from another model (digest {str(present.get('digest'))[:12]}), "
+                f"re-extracting from {model} (--keep-units keeps them)")
+        else:
+            log(f"stage 2/4: lip units from {model} → {shards}")
         add_lip_units(shards, model, workers=config.workers, show_progress=show_progress, fail_fast=True)
         done["units"] = "added"
     spec = lip_unit_spec(shards, "train")
@@ -134,10 +173,8 @@ def run_recipe(shards: str | Path, out: str | Path, config: RecipeConfig = Recip
     # 3. Audio-to-Lip
     unit_dim = int(spec["dim"])
     a2l = tiny_a2l_config(unit_dim) if config.tiny else A2LConfig(unit_dim=unit_dim)
-    if stage_done(folders["a2l"], steps):
-        done["a2l"] = "skipped"
-    else:
-        log(f"stage 3/4: Audio-to-Lip → {folders['a2l']}")
+    done["a2l"] = "skipped"
+    if _stage(3, "Audio-to-Lip", folders["a2l"], steps, log):
         run(A2LTask(a2l, lip_kind=spec.get("kind"), augment=config.augment), _train(shards, folders["a2l"], config, None), show_progress)
         done["a2l"] = "trained"
 
@@ -147,13 +184,13 @@ def run_recipe(shards: str | Path, out: str | Path, config: RecipeConfig = Recip
     else:
         model_config, disc = CalsConfig(a2l=a2l, l2f=LipToFaceConfig(unit_dim=unit_dim)), DiscriminatorConfig()
     window = model_config.window
-    losses = CalsLossConfig(plateau_steps=max(1, min(PLATEAU_STEPS_MAX, steps // PLATEAU_CHECKS_PER_STAGE)))
-    task = CalsTask(model_config, losses, disc, a2l_init=str(folders["a2l"]), augment=config.augment,
-                    critic=str(folders["sync"]), preview_every=max(1, steps // PLATEAU_CHECKS_PER_STAGE))
-    if stage_done(folders["cals"], steps):
-        done["cals"] = "skipped"
-    else:
-        log(f"stage 4/4: CALS → {folders['cals']}")
+    started = _saved_run(folders["cals"]).get("task_config", {})  # a run already started keeps its periods
+    plateau = started.get("loss", {}).get("plateau_steps") or max(1, min(PLATEAU_STEPS_MAX, steps // PLATEAU_CHECKS_PER_STAGE))
+    preview_every = started.get("preview_every") or max(1, steps // PLATEAU_CHECKS_PER_STAGE)
+    task = CalsTask(model_config, CalsLossConfig(plateau_steps=plateau), disc, a2l_init=str(folders["a2l"]), augment=config.augment,
+                    critic=str(folders["sync"]), preview_every=preview_every)
+    done["cals"] = "skipped"
+    if _stage(4, "CALS", folders["cals"], steps, log):
         run(task, _train(shards, folders["cals"], config, window), show_progress)
         done["cals"] = "trained"
     return done

@@ -45,8 +45,9 @@ two baselines: *copy the reference* (output the reference frame) and *paste* (th
 half + the reference's lower half, i.e. a generator that only fills the mouth with the
 reference's). PSNR is per frame (data range 1), then averaged.
 
-**Preview** every ``preview_every`` steps: a PNG (rows: reference, ground truth, generated;
-columns: up to 8 frames of one fixed val window, or of the train split without a val split)
+**Preview** every ``preview_every`` steps: a PNG (rows: reference, ground truth, generated,
+each titled in its top-left corner; columns: up to 8 frames of one fixed val window, or of the
+train split without a val split)
 written to ``<out>/previews/`` and to TensorBoard (``preview``) through the loop's logger.
 """
 
@@ -81,6 +82,10 @@ PREVIEW_DIR = "previews"
 A2L_CONTEXT_UTTERANCE = "utterance"
 A2L_CONTEXT_WINDOW = "window"
 A2L_CONTEXTS = (A2L_CONTEXT_UTTERANCE, A2L_CONTEXT_WINDOW)
+#: Row titles of a preview image, top to bottom.
+PREVIEW_ROWS = ("reference", "ground truth", "generated")
+#: Height of the title band drawn over the top-left corner of each preview row, pixels.
+PREVIEW_TITLE_HEIGHT = 14
 
 
 @dataclass(frozen=True)
@@ -186,6 +191,23 @@ def psnr(generated: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Per-frame PSNR (dB, data range 1) of ``(N, 3, H, W)`` frames → ``(N,)``."""
     mse = (generated - target).pow(2).flatten(1).mean(dim=1).clamp_min(1e-10)
     return -10.0 * torch.log10(mse)
+
+
+def title_rows(image: np.ndarray, titles: tuple[str, ...]) -> np.ndarray:
+    """``image`` ``(H, W, 3)`` uint8 split into ``len(titles)`` equal rows, each with its title
+    written white on a dark band (:data:`PREVIEW_TITLE_HEIGHT` pixels) over its top-left corner.
+    Returns a new array of the same shape."""
+    from PIL import Image, ImageDraw
+
+    canvas = Image.fromarray(image)
+    draw = ImageDraw.Draw(canvas)
+    row_height = image.shape[0] // len(titles)
+    for row, title in enumerate(titles):
+        top = row * row_height
+        width = int(draw.textlength(title)) + PREVIEW_TITLE_HEIGHT // 2
+        draw.rectangle((0, top, width, top + PREVIEW_TITLE_HEIGHT - 1), fill=(0, 0, 0))
+        draw.text((PREVIEW_TITLE_HEIGHT // 4, top + 1), title, fill=(255, 255, 255))
+    return np.asarray(canvas).copy()
 
 
 def mean_over_ranks(value: float, device: torch.device) -> float:
@@ -484,7 +506,7 @@ class CalsTask:
         columns = np.unique(np.linspace(0, length - 1, min(PREVIEW_FRAMES, length)).round().astype(int))
         rows = [reference[0][None].expand(len(columns), -1, -1, -1), target[0, columns], generated[0, columns]]
         grid = torch.cat([torch.cat(list(row), dim=-1) for row in rows], dim=-2)  # (3, 3H, C·W)
-        return (grid.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+        return title_rows((grid.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy(), PREVIEW_ROWS)
 
     def preview(self, step: int) -> Optional[Path]:
         """Write the preview PNG (rank 0) and send it to TensorBoard; returns the PNG's path.

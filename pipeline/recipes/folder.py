@@ -1,7 +1,10 @@
 """Recipe for any folder of talking-face videos.
 
 Speaker = the clip's parent folder name; split = a stable hash of the speaker, so a speaker never
-crosses splits and adding clips never moves an existing speaker. Decodes nothing, loads no model.
+crosses splits and adding clips never moves an existing speaker. When too few speakers leave a
+requested split (``val`` or ``test`` > 0) empty, that split is filled by clip instead
+(:func:`fill_empty_splits`, one warning line): a one-speaker folder still gets val and test
+clips, at the price of the same speaker on both sides. Decodes nothing, loads no model.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+from dataclasses import replace
 from pathlib import Path
 
 from pipeline.manifest import ClipSource
@@ -38,6 +42,36 @@ def split_for_speaker(speaker: str, val: float, test: float) -> str:
     return "train"
 
 
+def fill_empty_splits(clips: dict[str, list[ClipSource]], val: float, test: float) -> dict[str, list[ClipSource]]:
+    """Give each requested split that the speaker hash left empty its share of clips (at least
+    one), taken from ``train`` by a stable hash of the clip key; ``train`` keeps at least one.
+
+    Args:
+        clips: split → clips, as the speaker hash assigned them.
+        val, test: the requested shares of clips (0: the split is not wanted).
+    Returns:
+        split → clips with the moved clips' ``split`` set; logs one warning when it moves any.
+    """
+    total = sum(len(found) for found in clips.values())
+    missing = [split for split, share in (("test", test), ("val", val)) if share > 0 and not clips[split]]
+    if not missing or len(clips["train"]) < 2:
+        return clips
+    pool = sorted(clips["train"], key=lambda c: stable_fraction(c.key))
+    moved = {}
+    for split, share in (("test", test), ("val", val)):
+        if split in missing and len(pool) > 1:
+            count = min(max(1, round(share * total)), len(pool) - 1)
+            moved[split], pool = pool[:count], pool[count:]
+    result = {**clips, "train": sorted(pool, key=lambda c: c.key)}
+    for split, chosen in moved.items():
+        result[split] = sorted((replace(c, split=split) for c in chosen), key=lambda c: c.key)
+    speakers = len({c.speaker for found in clips.values() for c in found})
+    log.warning("%d speaker%s leave%s %s empty: split by clip instead (%s of %d clips), so a speaker is in more than one split",
+                speakers, "" if speakers == 1 else "s", "s" if speakers == 1 else "", " and ".join(repr(m) for m in moved),
+                ", ".join(f"{len(c)} {split}" for split, c in moved.items()), total)
+    return result
+
+
 def make_key(relative_path: str) -> str:
     """Stable, unique, dot-free sample key from a path relative to the corpus root:
     the sanitised path (``/`` → ``__``) plus 8 hex digits of its SHA-1."""
@@ -63,6 +97,11 @@ def prepare_folder(
 ) -> dict[str, list[ClipSource]]:
     """Describe every video under ``corpus_dir``.
 
+    Args:
+        corpus_dir: the folder, searched recursively.
+        name: dataset name (default: the folder's name).
+        val, test: shares of speakers in the val and test splits; a share > 0 whose split the
+            speakers leave empty is filled by clip (:func:`fill_empty_splits`).
     Returns:
         split → clips, each split sorted by key. Raises FileNotFoundError for a missing root.
     """
@@ -81,4 +120,4 @@ def prepare_folder(
         )
     for split in clips:
         clips[split].sort(key=lambda c: c.key)
-    return clips
+    return fill_empty_splits(clips, val, test)
