@@ -81,3 +81,14 @@ def test_generate_params_refuse_an_unknown_paste_region():
     assert GenerateParams().paste == "mouth"
     with pytest.raises(ValueError, match="paste must be one of mouth, face"):
         GenerateParams(paste="eyes")
+
+
+def test_version_1_shards_with_the_old_crops_are_refused_in_one_line():
+    from cals.mel import MEL_PARAMS
+    from cals.shard_format import FORMAT_VERSION
+    from cals.stream import ShardMismatch, StreamConfig, check_compatible
+
+    meta = {"key": "k", "format_version": FORMAT_VERSION, "mel_params": MEL_PARAMS.to_dict()}
+    check_compatible(meta, StreamConfig("unused"))  # this version: read
+    with pytest.raises(ShardMismatch, match=f"^sample k: shard format version 1, this code reads {FORMAT_VERSION}$"):
+        check_compatible({**meta, "format_version": 1}, StreamConfig("unused"))
