@@ -6,7 +6,8 @@ one-line message naming what and where); the ``cals-*`` commands print it as one
 from __future__ import annotations
 
 import errno
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 #: ``errno`` values meaning "the disk (or the user's quota) is full".
 NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
@@ -63,3 +64,15 @@ def require_fraction(config: Any, field: str, *, closed: bool = False) -> None:
     value = getattr(config, field)
     if not (0.0 <= value <= 1.0 if closed else 0.0 <= value < 1.0):
         raise ValueError(f"{flag(field)} must be in [0, 1{']' if closed else ')'}, got {value}")
+
+
+@contextmanager
+def no_space_raised_as_one_line(where: str) -> Iterator[None]:
+    """Turn a full disk inside the block into :class:`NoSpaceError` naming ``where`` (the file
+    being written) and what to do; other errors pass unchanged."""
+    try:
+        yield
+    except OSError as error:
+        if is_no_space(error) and not isinstance(error, NoSpaceError):
+            raise NoSpaceError(f"no space left on device writing {where}; free space and re-run the same command to resume") from error
+        raise

@@ -15,6 +15,7 @@ REASONS = {
     "no_face": "the detector found no face in any examined frame",
     "low_face_coverage": "a face was found in fewer examined frames than --min-face-ratio",
     "out_of_sync": "cals-prep sync: SyncNet's AV offset or confidence is past --max-offset / --min-conf",
+    "no_space": "the disk (or quota) filled up while its shard was written; free space and re-run to resume",
     "worker_crash": "the process handling the clip died (e.g. a native crash), retries exhausted",
     "internal_error": "an unexpected exception (a bug: please report it with the detail)",
 }

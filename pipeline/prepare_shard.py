@@ -18,6 +18,7 @@ from typing import Any, Callable, Optional
 
 import webdataset as wds
 
+from cals.errors import NoSpaceError, is_no_space
 from cals.layout import marker_name, part_name, tar_name
 from pipeline.errors import ClipError
 from pipeline.manifest import ClipSource, manifest_row, write_parquet
@@ -67,6 +68,11 @@ def prepare_shard(
     A clip that raises ClipError is recorded with its reason; any other exception is recorded as
     ``internal_error`` with its type and message (``fail_fast`` re-raises instead). The tar
     holds only complete samples: each is fully encoded in memory before it is written.
+
+    Raises:
+        cals.errors.NoSpaceError: the disk (or quota) filled up while writing the shard's tar,
+            rows part or marker. Nothing of the shard is left: no temp file, no marker, no part
+            (so the shard is redone by the next run, and no row claims a tar that is not there).
     """
     import cv2
 
@@ -80,34 +86,12 @@ def prepare_shard(
         detector = make_detector(params.detector, params.mediapipe_model)
     rows, written = [], 0
     try:
-        with open(tmp_tar, "wb") as stream, wds.TarWriter(stream, mtime=0, user="cals", group="cals", encoder=False) as tar:
-            marker = marker_name(plan.name)
-            for clip in plan.clips:
-                if skip and clip.key in skip:
-                    reason, detail = skip[clip.key]
-                    rows.append(manifest_row(clip, status="failed", reason=reason, detail=detail))
-                    continue
-                storage.write_text(marker, clip.key)
-                try:
-                    result = process_clip(clip, params, detector)
-                except ClipError as error:
-                    rows.append(manifest_row(clip, status="failed", reason=error.reason, detail=error.detail[:500]))
-                except Exception as error:  # noqa: BLE001 - one clip never kills its shard
-                    if fail_fast:
-                        raise
-                    where = traceback.extract_tb(error.__traceback__)[-1]
-                    detail = f"{type(error).__name__}: {error} (at {Path(where.filename).name}:{where.lineno})"
-                    log.warning("clip %s failed unexpectedly: %s", clip.path, detail)
-                    rows.append(manifest_row(clip, status="failed", reason="internal_error", detail=detail[:500]))
-                else:
-                    tar.write(result.sample)
-                    written += 1
-                    rows.append(manifest_row(clip, status="ok", shard=final_tar, **result.fields))
-                if progress:
-                    last = rows[-1]
-                    progress(1, last["num_frames"] or 0, int(last["status"] != "ok"))
-    except BaseException:
+        written = _write_tar(plan, storage, tmp_tar, params, detector, rows, progress, fail_fast, skip)
+    except BaseException as error:
         tmp_tar.unlink(missing_ok=True)
+        if is_no_space(error):
+            _remove_shard(storage, plan.name, tmp_tar)
+            raise NoSpaceError(f"no space left on device writing {storage.url(final_tar)}") from error
         raise
     finally:
         if own_detector:
@@ -120,7 +104,54 @@ def prepare_shard(
         write_part(storage, plan.name, rows, metadata)
         if written:
             storage.put_file(tmp_tar, final_tar)
+    except OSError as error:
+        if not is_no_space(error):
+            raise
+        _remove_shard(storage, plan.name, tmp_tar)
+        raise NoSpaceError(f"no space left on device publishing {storage.url(final_tar)} and its rows") from error
     finally:
         tmp_tar.unlink(missing_ok=True)
     storage.remove(marker_name(plan.name))
     return rows
+
+
+def _remove_shard(storage: Storage, shard: str, tmp_tar: Path) -> None:
+    """Remove all of a shard that could not be written: temp tar, marker, rows part, tar."""
+    tmp_tar.unlink(missing_ok=True)
+    for name in (marker_name(shard), part_name(shard), tar_name(shard)):
+        storage.remove(name)
+
+
+def _write_tar(plan: ShardPlan, storage: Storage, tmp_tar: Path, params: PrepParams, detector: Detector, rows: list[dict[str, Any]],
+               progress: Optional[ProgressFn], fail_fast: bool, skip: Optional[dict[str, tuple[str, str]]]) -> int:
+    """Process the clips into the local file ``tmp_tar``, appending their rows to ``rows``;
+    return the count of samples written. A full disk propagates (``OSError``), whatever step hit it."""
+    final_tar = tar_name(plan.name)
+    written = 0
+    with open(tmp_tar, "wb") as stream, wds.TarWriter(stream, mtime=0, user="cals", group="cals", encoder=False) as tar:
+        marker = marker_name(plan.name)
+        for clip in plan.clips:
+            if skip and clip.key in skip:
+                reason, detail = skip[clip.key]
+                rows.append(manifest_row(clip, status="failed", reason=reason, detail=detail))
+                continue
+            storage.write_text(marker, clip.key)
+            try:
+                result = process_clip(clip, params, detector)
+            except ClipError as error:
+                rows.append(manifest_row(clip, status="failed", reason=error.reason, detail=error.detail[:500]))
+            except Exception as error:  # noqa: BLE001 - one clip never kills its shard
+                if fail_fast or is_no_space(error):
+                    raise
+                where = traceback.extract_tb(error.__traceback__)[-1]
+                detail = f"{type(error).__name__}: {error} (at {Path(where.filename).name}:{where.lineno})"
+                log.warning("clip %s failed unexpectedly: %s", clip.path, detail)
+                rows.append(manifest_row(clip, status="failed", reason="internal_error", detail=detail[:500]))
+            else:
+                tar.write(result.sample)
+                written += 1
+                rows.append(manifest_row(clip, status="ok", shard=final_tar, **result.fields))
+            if progress:
+                last = rows[-1]
+                progress(1, last["num_frames"] or 0, int(last["status"] != "ok"))
+    return written

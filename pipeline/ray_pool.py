@@ -27,11 +27,16 @@ of our own. This one is small: a queue, ``ray.wait``, and one actor per slot.
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Optional, Protocol, Sequence, TypeVar
 
+from cals.errors import is_no_space
 from pipeline.ray_session import ray_session
 
 log = logging.getLogger(__name__)
@@ -41,6 +46,10 @@ log = logging.getLogger(__name__)
 TASK_MEMORY_BYTES = 1_500 * 1024**2
 #: Times a unit is tried again after its worker process died (when the death is not pinned on a clip).
 TASK_MAX_RETRIES = 2
+#: Seconds between a worker's checks that its driver process still lives (same machine only):
+#: a worker whose driver was killed exits within this, instead of finishing its shard and more
+#: while Ray notices (measured: 1-2 min), so a re-run never overlaps the old job's workers.
+DRIVER_POLL_S = 0.5
 
 Unit = TypeVar("Unit")
 #: ``report(done, failed, frames)``: a worker's progress (units of the bar, failures, video frames).
@@ -89,9 +98,13 @@ def retries(name: Callable[[Any], str] = str, limit: int = TASK_MAX_RETRIES) -> 
 
 
 def failure(error: Exception) -> tuple[str, str]:
-    """``(reason, last non-empty line of the error)`` for a unit Ray gave up on."""
+    """``(reason, last non-empty line of the error)`` for a unit Ray gave up on: ``no_space``
+    when the worker ran out of disk, ``worker_crash`` when its process died, else ``internal_error``."""
     import ray
 
+    cause = getattr(error, "cause", None)  # a RayTaskError carries the worker's exception
+    if is_no_space(error) or (cause is not None and is_no_space(cause)):
+        return "no_space", str(cause if cause is not None else error).strip().splitlines()[-1]
     crashed = isinstance(error, (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError))
     lines = [line for line in str(error).splitlines() if line.strip()]
     return ("worker_crash" if crashed else "internal_error", lines[-1] if lines else type(error).__name__)
@@ -123,12 +136,58 @@ def run_pool(
     return result
 
 
+@dataclass(frozen=True)
+class Driver:
+    """The driver process of a pool, as its workers see it: host name, pid and start time (so a
+    recycled pid is not taken for it)."""
+
+    host: str
+    pid: int
+    started: Optional[str]
+
+    @classmethod
+    def this(cls) -> "Driver":
+        return cls(socket.gethostname(), os.getpid(), _start_time(os.getpid()))
+
+    def alive(self) -> bool:
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # alive, another user's (a recycled pid)
+            return False
+        return _start_time(self.pid) == self.started
+
+    def watch(self) -> None:
+        """In a worker on the driver's machine: a daemon thread that ends this process as soon
+        as the driver is gone (every :data:`DRIVER_POLL_S`). Workers on other nodes rely on Ray."""
+        if socket.gethostname() != self.host:
+            return
+
+        def poll() -> None:
+            while self.alive():
+                time.sleep(DRIVER_POLL_S)
+            os._exit(1)
+
+        threading.Thread(target=poll, name="driver-watchdog", daemon=True).start()
+
+
+def _start_time(pid: int) -> Optional[str]:
+    """A process's start time in clock ticks since boot (``/proc/PID/stat`` field 22), or None
+    where there is no ``/proc`` (then a live pid is taken for the driver)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
 def _actor_classes(ray: Any) -> tuple[Any, Any]:
     """The worker and progress actor classes (built on use, so importing this module does not import Ray)."""
 
     @ray.remote
     class ShardWorker:
-        def __init__(self, factory: WorkerFactory, progress: Any) -> None:
+        def __init__(self, factory: WorkerFactory, progress: Any, driver: Driver) -> None:
+            driver.watch()
             self.work = factory.start(lambda done, failed, frames: progress.add.remote(done, failed, frames))
 
         def __call__(self, unit: Any) -> Any:
@@ -159,7 +218,8 @@ def _feed(ray: Any, units: Sequence[Any], factory: WorkerFactory, bar: Bar, name
     worker_class = worker_class.options(num_cpus=1, num_gpus=1 if gpus else 0, memory=TASK_MEMORY_BYTES)
     progress_actor = progress_class.remote()
     size = max(1, min(len(units), workers or int(ray.cluster_resources().get("GPU" if gpus else "CPU", 1))))
-    make_actor = lambda: worker_class.remote(factory, progress_actor)  # noqa: E731
+    driver = Driver.this()
+    make_actor = lambda: worker_class.remote(factory, progress_actor, driver)  # noqa: E731
     actors = [make_actor() for _ in range(size)]
     queue = deque(units)
     in_flight: dict[Any, tuple[int, Any]] = {}

@@ -16,6 +16,10 @@ from typing import Any, Iterator, Optional
 #: machine's routable address. Set for local runs (and loopback --address), never for a real
 #: cluster; it only takes effect if set before Ray is first imported in the process.
 RAY_SINGLE_NODE_ENV = ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+#: Ray's token-authentication mode, set for local runs: "token" keeps Ray's default (a token
+#: generated on first use, ``~/.ray/auth_token``) while saying so explicitly, which is what stops
+#: Ray 2.6x printing its "Token authentication is enabled..." WARNING on every local run.
+RAY_AUTH_ENV = ("RAY_AUTH_MODE", "token")
 #: Environment of Ray workers: quiet native logs, one BLAS/OpenMP thread per task.
 WORKER_ENV = {"GLOG_minloglevel": "2", "TF_CPP_MIN_LOG_LEVEL": "3", "OMP_NUM_THREADS": "1"}
 
@@ -27,9 +31,11 @@ def is_loopback(address: str) -> bool:
 
 
 def prepare_environment(address: Optional[str]) -> None:
-    """Set single-node mode for local runs; call before the first ``import ray``."""
+    """Set single-node mode and explicit token authentication for local runs; call before the
+    first ``import ray``."""
     if address is None or is_loopback(address):
         os.environ.setdefault(*RAY_SINGLE_NODE_ENV)
+        os.environ.setdefault(*RAY_AUTH_ENV)
 
 
 @contextmanager

@@ -23,6 +23,7 @@ from typing import Any, Callable, Optional
 
 from cals import __version__ as cals_version
 from cals.constants import FPS
+from cals.errors import NoSpaceError, no_space_raised_as_one_line
 from cals.layout import MANIFEST_FILE, PREP_FILE, part_name
 from cals.mel import MEL_PARAMS
 from cals.shard_format import FORMAT_VERSION
@@ -252,6 +253,9 @@ def run_prep(
     Raises OutputMismatch when ``out_dir`` holds a run of other inputs or parameters, unless
     ``force`` (then shards whose digest differs are redone and shards no longer planned are
     removed). ``retry_failed`` redoes the shards whose clips failed for a transient reason.
+    Raises :class:`cals.errors.NoSpaceError` (one line) when the disk filled up: after the
+    manifest (their clips ``no_space``) when shards could not be written; the shards that were
+    are kept, and the same command resumes.
     """
     prepare_environment(address)
     from rich.console import Console
@@ -288,7 +292,8 @@ def run_prep(
         "clips": len(all_clips),
         "shards": [p.name for p in plans],
     }
-    _write_json(storage, prep_info, PREP_FILE)
+    with no_space_raised_as_one_line(storage.url(PREP_FILE)):
+        _write_json(storage, prep_info, PREP_FILE)
 
     plan_s = time.time() - started
     if show_progress and len(todo) < len(plans):
@@ -310,13 +315,13 @@ def run_prep(
         else:  # the task failed past its retries: every clip of the shard is recorded, none lost silently
             reason, detail = failed_tasks.get(plan.name, ("worker_crash", "shard task did not finish"))
             rows.extend(manifest_row(c, status="failed", reason=reason, detail=f"shard {plan.name}: {detail}") for c in plan.clips)
-    with storage.staged(MANIFEST_FILE) as tmp:
+    with no_space_raised_as_one_line(storage.url(MANIFEST_FILE)), storage.staged(MANIFEST_FILE) as tmp:
         write_parquet(rows, tmp)
     summary = RunSummary(
         out_dir=out_dir,
         rows=rows,
         wall_s=time.time() - started,
-        shards_done=len(todo),
+        shards_done=sum(storage.exists(part_name(p.name)) for p in todo),  # only the shards that exist
         shards_skipped=len(plans) - len(todo),
         plan_s=plan_s,
         ray_start_s=ray_start_s,
@@ -331,7 +336,12 @@ def run_prep(
         "ray_start_s": round(summary.ray_start_s, 3),
         "process_s": round(summary.process_s, 3),
     }
-    _write_json(storage, prep_info, PREP_FILE)
+    with no_space_raised_as_one_line(storage.url(PREP_FILE)):
+        _write_json(storage, prep_info, PREP_FILE)
     if show_progress:
         Console(stderr=True).print(summary.table())
+    no_space = [shard for shard, (reason, _) in failed_tasks.items() if reason == "no_space"]
+    if no_space:
+        raise NoSpaceError(f"no space left on device under {out_dir}: {len(no_space)} of {len(plans)} shards not written "
+                           f"({summary.failures['no_space']} clips recorded as no_space in {MANIFEST_FILE}); free space and re-run the same command to resume")
     return summary
