@@ -5,7 +5,7 @@ The crop square is centred on the detection box's centre moved down by ``shift_d
 0.2 box heights *above* the box centre) put the mouth in the crop's lower half, below the pose
 prior's mask line (:data:`cals.constants.MASK_TOP_ROW`, row 64 of 128), with the chin inside:
 measured with FaceMesh on 60 sampled crops of every fixture clip, the 1st percentile of the
-upper lip's top row is 69.5..84.7 (the old 1.6 / +0.1 gave 46.1..71.1, most clips above row 64);
+upper lip's top row is 69.3..84.9 (the old 1.6 / +0.1 gave 46.1..71.1, most clips above row 64);
 the detection box's bottom edge lands at row ~114. The margin 1.8 also keeps the square larger
 than small frames (224x224 ``syncnet_example``), where clamping it inside the frame would move
 the face off the measured rows. A square that
