@@ -20,15 +20,15 @@ from typing import Any, Callable, Optional
 
 import typer
 
-from cals.constants import LIP_WINDOW_FRAMES
+from cals.constants import LIP_WINDOW_FRAMES, REFERENCE_MARGIN_FRAMES
 from cals.models.a2l import A2LConfig
 from cals.models.cals_model import CalsConfig
 from cals.models.discriminator import DiscriminatorConfig
 from cals.models.l2f import LipToFaceConfig
 from cals.models.sync_critic import SyncCriticConfig
 from cals.models.tiny import TINY_CRITIC, TINY_DISCRIMINATOR, TINY_WINDOW, tiny_a2l_config, tiny_cals_config
-from cals.stream import AugmentConfig, StreamConfig
-from cals.train.cals import CalsLossConfig, CalsTask
+from cals.stream import PAPER_AUGMENT, REFERENCE_RULES, AugmentConfig, StreamConfig, noise_files_in
+from cals.train.cals import A2L_CONTEXTS, CalsLossConfig, CalsTask
 from cals.train.config import TrainConfig
 from cals.train.sync_critic import SyncLossConfig
 from cli.common import err, fail, keyword_parameters, new_app, one_line, register_command, run_app
@@ -64,6 +64,23 @@ def _csv(values: tuple[int, ...]) -> str:
     return ",".join(str(v) for v in values)
 
 
+# The augmentation flags of `cals-train a2l`, `cals-train cals` and the recipe; defaults from
+# cals.stream.PAPER_AUGMENT (SpecAugment on, as the paper; noise only with --noise-dir).
+NOISE_DIR_OPTION = typer.Option(None, "--noise-dir", help="Folder of noise .wav files (e.g. DEMAND) mixed into the audio [default: no noise, cals ships no noise corpus].")
+SNR_MIN_OPTION = typer.Option(PAPER_AUGMENT.snr_db[0], "--snr-min", help="Lowest noise SNR, dB.")
+SNR_MAX_OPTION = typer.Option(PAPER_AUGMENT.snr_db[1], "--snr-max", help="Highest noise SNR, dB.")
+NOISE_PROB_OPTION = typer.Option(PAPER_AUGMENT.noise_prob, "--noise-prob", min=0.0, max=1.0, help="Share of windows that get noise (with --noise-dir).")
+TIME_MASKS_OPTION = typer.Option(PAPER_AUGMENT.time_masks, "--time-masks", min=0, help=f"SpecAugment time masks per window, each at most {PAPER_AUGMENT.time_mask_rows} mel rows (on by default, as the paper; 0: off).")
+FREQ_MASKS_OPTION = typer.Option(PAPER_AUGMENT.freq_masks, "--freq-masks", min=0, help=f"SpecAugment frequency masks per window, each at most {PAPER_AUGMENT.freq_mask_bins} mel bins (on by default, as the paper; 0: off).")
+
+
+def augment_config(noise_dir: Optional[Path], snr_min: float, snr_max: float, noise_prob: float, time_masks: int,
+                   freq_masks: int) -> AugmentConfig:
+    """The AugmentConfig of the augmentation flags."""
+    return AugmentConfig(noise_files=noise_files_in(noise_dir) if noise_dir is not None else (), snr_db=(snr_min, snr_max),
+                         noise_prob=noise_prob, time_masks=time_masks, freq_masks=freq_masks)
+
+
 app = new_app(__doc__)
 
 
@@ -83,6 +100,12 @@ def _app(
     keep_units: bool = typer.Option(RecipeConfig.keep_units, "--keep-units", help="Recipe: keep the lip units already in the shards even when another model made them [default: re-extract them from the recipe's critic or --lip-model]."),
     tiny: bool = typer.Option(RecipeConfig.tiny, "--tiny", help=f"Recipe: {TINY_HELP}"),
     quiet: bool = typer.Option(False, "--quiet", help="Recipe: no progress bars."),
+    noise_dir: Optional[Path] = NOISE_DIR_OPTION,
+    snr_min: float = SNR_MIN_OPTION,
+    snr_max: float = SNR_MAX_OPTION,
+    noise_prob: float = NOISE_PROB_OPTION,
+    time_masks: int = TIME_MASKS_OPTION,
+    freq_masks: int = FREQ_MASKS_OPTION,
 ) -> None:
     """Train lip-sync models on cals-prep shards.
 
@@ -96,10 +119,10 @@ def _app(
     from cals.stream import ShardMismatch
     from pipeline.train_recipe import run_recipe
 
-    config = RecipeConfig(steps_per_stage=steps_per_stage, batch_size=batch_size, lr=lr, device=device, seed=seed,
-                          ckpt_every=ckpt_every, lip_model=str(lip_model) if lip_model else None, keep_units=keep_units,
-                          workers=workers, tiny=tiny)
     try:
+        config = RecipeConfig(steps_per_stage=steps_per_stage, batch_size=batch_size, lr=lr, device=device, seed=seed,
+                              ckpt_every=ckpt_every, lip_model=str(lip_model) if lip_model else None, keep_units=keep_units,
+                              workers=workers, tiny=tiny, augment=augment_config(noise_dir, snr_min, snr_max, noise_prob, time_masks, freq_masks))
         stages = run_recipe(shards, out, config, log=lambda line: err.print(line, highlight=False), show_progress=not quiet)
     except (FileNotFoundError, FileExistsError, ValueError, ShardMismatch) as error:
         fail(str(error))
@@ -207,28 +230,22 @@ def a2l(
     mask_span: int = typer.Option(A2LConfig.mask_span, "--mask-span", min=1, help="Frames per masked span (t_m)."),
     mask_ratio: float = typer.Option(A2LConfig.mask_ratio, "--mask-ratio", min=0.0, max=1.0, help="Share of frames masked (p)."),
     window: Optional[int] = typer.Option(None, "--window", min=5, help=f"Frames per training window (default: the whole utterance, at most {StreamConfig.max_frames} frames)."),
-    noise_dir: Optional[Path] = typer.Option(None, "--noise-dir", help="Folder of noise .wav files (e.g. DEMAND) mixed into the audio."),
-    snr_min: float = typer.Option(AugmentConfig.snr_db[0], "--snr-min", help="Lowest noise SNR, dB."),
-    snr_max: float = typer.Option(AugmentConfig.snr_db[1], "--snr-max", help="Highest noise SNR, dB."),
-    noise_prob: float = typer.Option(AugmentConfig.noise_prob, "--noise-prob", min=0.0, max=1.0, help="Share of windows that get noise."),
-    time_masks: int = typer.Option(AugmentConfig.time_masks, "--time-masks", min=0, help=f"SpecAugment time masks per window (each at most {AugmentConfig.time_mask_rows} mel rows)."),
-    freq_masks: int = typer.Option(AugmentConfig.freq_masks, "--freq-masks", min=0, help=f"SpecAugment frequency masks per window (each at most {AugmentConfig.freq_mask_bins} mel bins)."),
+    noise_dir: Optional[Path] = NOISE_DIR_OPTION,
+    snr_min: float = SNR_MIN_OPTION,
+    snr_max: float = SNR_MAX_OPTION,
+    noise_prob: float = NOISE_PROB_OPTION,
+    time_masks: int = TIME_MASKS_OPTION,
+    freq_masks: int = FREQ_MASKS_OPTION,
     tiny: bool = typer.Option(RecipeConfig.tiny, "--tiny", help=f"Sizes (--layers, --d-model, --ffn, --heads): {TINY_HELP}"),
     dataset: str = "",
 ):
     """Pre-train the Audio-to-Lip transformer: predict masked lip units from audio."""
     from cals.train.a2l import A2LTask, lip_unit_spec
 
-    noise_files: tuple[str, ...] = ()
-    if noise_dir is not None:
-        noise_files = tuple(sorted(str(p) for p in noise_dir.rglob("*.wav")))
-        if not noise_files:
-            raise FileNotFoundError(f"--noise-dir {noise_dir} holds no .wav files")
+    augment = augment_config(noise_dir, snr_min, snr_max, noise_prob, time_masks, freq_masks)
     spec = lip_unit_spec(dataset, "train")
     config = A2LConfig(unit_dim=int(spec["dim"]), layers=layers, d_model=d_model, ffn=ffn, heads=heads, dropout=dropout,
                        mask_span=mask_span, mask_ratio=mask_ratio)
-    augment = AugmentConfig(noise_files=noise_files, snr_db=(snr_min, snr_max), noise_prob=noise_prob,
-                            time_masks=time_masks, freq_masks=freq_masks)
     if tiny:
         small = tiny_a2l_config(config.unit_dim)
         config = replace(config, layers=small.layers, d_model=small.d_model, ffn=small.ffn, heads=small.heads)
@@ -265,6 +282,14 @@ def cals_task(
     film: bool = typer.Option(LipToFaceConfig.film, "--film/--no-film", help="FiLM-condition every decoder scale on the lip code (else the bottleneck only)."),
     disc_widths: str = typer.Option(_csv(DiscriminatorConfig.widths), "--disc-widths", help="PatchGAN discriminator widths, comma-separated."),
     tiny: bool = typer.Option(RecipeConfig.tiny, "--tiny", help=f"Sizes (--widths, --lip-channels, --disc-widths; A2L's without --a2l): {TINY_HELP}"),
+    reference: str = typer.Option(CalsTask.reference, "--reference", help=f"Training reference frame: {' or '.join(REFERENCE_RULES)} (drawn outside the window and {REFERENCE_MARGIN_FRAMES} frames around it; in-window: the old draw, targets included, for ablations)."),
+    a2l_context: str = typer.Option(CalsTask.a2l_context, "--a2l-context", help=f"What Audio-to-Lip reads in training: {' or '.join(A2L_CONTEXTS)} (utterance: the whole clip as at inference, sliced to the window; window: the window's audio only, for ablations)."),
+    noise_dir: Optional[Path] = NOISE_DIR_OPTION,
+    snr_min: float = SNR_MIN_OPTION,
+    snr_max: float = SNR_MAX_OPTION,
+    noise_prob: float = NOISE_PROB_OPTION,
+    time_masks: int = TIME_MASKS_OPTION,
+    freq_masks: int = FREQ_MASKS_OPTION,
 ):
     """Train CALS end to end: Audio-to-Lip + Lip-to-Face against a frame discriminator, then the sync critic."""
     from cals.train.cals import a2l_config_of_run
@@ -286,7 +311,8 @@ def cals_task(
                             sync_segments=sync_segments)
     task = CalsTask(config, losses, discriminator,
                     a2l_init=str(a2l) if a2l is not None else None, critic=str(critic) if critic is not None else None,
-                    freeze_a2l=freeze_a2l, preview_every=preview_every)
+                    freeze_a2l=freeze_a2l, preview_every=preview_every, reference=reference, a2l_context=a2l_context,
+                    augment=augment_config(noise_dir, snr_min, snr_max, noise_prob, time_masks, freq_masks))
     return task, {"window": window}
 
 
