@@ -105,21 +105,21 @@ def test_learns_units_that_follow_the_audio(tmp_path):
     from cals.train.config import TrainConfig
     from cals.train.loop import run
 
-    def units_from_audio(raw):
-        import io, json
+    from cals.shard_format import update_sample
 
-        meta = json.loads(raw["json"])
+    def units_from_audio(raw):
+        import io
+
         mel = np.load(io.BytesIO(raw["mel.npy"])).astype(np.float32).reshape(-1, 320)
         kernel = np.ones(15) / 15
         smooth = np.stack([np.convolve(mel[:, j], kernel, mode="same") for j in range(320)], axis=1)
         projection = np.random.default_rng(7).standard_normal((320, 6)).astype(np.float32) / 18
         lip = smooth @ projection
         lip = ((lip - lip.mean(axis=0)) / (lip.std(axis=0) + 1e-6)).astype(np.float16)
-        buffer = io.BytesIO()
-        np.save(buffer, lip)
-        raw["lip.npy"] = buffer.getvalue()
-        meta["lip_units"] = {"kind": "test", "dim": 6}
-        raw["json"] = json.dumps(meta).encode()
+        # update_sample re-records the new member's SHA-1, so the stream's digest check holds.
+        updated = update_sample(raw, meta={"lip_units": {"kind": "test", "dim": 6}}, lip=lip)
+        raw.clear()
+        raw.update(updated)
 
     write_dataset(tmp_path / "d", [[60, 50, 70, 40]], lip_dim=6, mutate=units_from_audio)
     import shutil
