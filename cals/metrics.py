@@ -239,7 +239,11 @@ class MouthLandmarker:
         os.environ.setdefault("GLOG_minloglevel", "2")
         import mediapipe as mp
 
-        self._mesh = mp.solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1, refine_landmarks=False)
+        from cals.native_logs import WARM_UP_SIDE, native_stderr_quiet
+
+        with native_stderr_quiet():  # the graph's native start-up lines, printed on build and first run
+            self._mesh = mp.solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1, refine_landmarks=False)
+            self._mesh.process(np.zeros((WARM_UP_SIDE, WARM_UP_SIDE, 3), np.uint8))  # static_image_mode: no state kept
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:
         return self.measure(frames).lips

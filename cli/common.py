@@ -19,6 +19,7 @@ from rich.markup import escape
 from typer._click import exceptions as click_errors  # Typer 0.2x ships its own click: its exception types
 
 from cals.errors import UserError
+from cals.native_logs import DEBUG_ENV, debug_env_set
 
 #: Where errors and progress go (stdout stays for results).
 err = Console(stderr=True)
@@ -43,8 +44,6 @@ INTERNAL_ERROR_EXIT = 1
 INTERRUPTED_EXIT = 130
 #: The flag, accepted anywhere on every ``cals-*`` command line, that shows tracebacks.
 DEBUG_FLAG = "--debug"
-#: The environment variable that does the same (any value but "" or "0").
-DEBUG_ENV = "CALS_DEBUG"
 #: What the user can fix: these reach the edge as ``error: <message>``, exit USER_ERROR_EXIT.
 #: ``OSError`` covers missing files, folders where files belong, permissions and full disks;
 #: ``ImportError`` an optional package not installed (the messages name the ``pip install``).
@@ -74,7 +73,7 @@ def one_line(error: "BaseException | str") -> str:
 def debug_requested(args: Sequence[str]) -> bool:
     """Whether ``--debug`` is among the options (before any ``--``) or CALS_DEBUG is set."""
     options = args[: list(args).index("--")] if "--" in args else args
-    return DEBUG_FLAG in options or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    return DEBUG_FLAG in options or debug_env_set()
 
 
 def run_app(app: typer.Typer, args: Optional[Sequence[str]] = None, prog_name: Optional[str] = None) -> int:

@@ -59,12 +59,16 @@ class MediapipeDetector:
         os.environ.setdefault("GLOG_minloglevel", "2")
         import mediapipe as mp
 
+        from cals.native_logs import WARM_UP_SIDE, native_stderr_quiet
+
         if model not in ("short", "full"):
             raise ValueError(f"mediapipe model must be 'short' or 'full', got {model!r}")
         self.max_side = max_side
-        self._solution = mp.solutions.face_detection.FaceDetection(
-            model_selection=0 if model == "short" else 1, min_detection_confidence=min_confidence
-        )
+        with native_stderr_quiet():  # the graph's native start-up lines, printed on build and first run
+            self._solution = mp.solutions.face_detection.FaceDetection(
+                model_selection=0 if model == "short" else 1, min_detection_confidence=min_confidence
+            )
+            self._solution.process(np.zeros((WARM_UP_SIDE, WARM_UP_SIDE, 3), np.uint8))  # stateless: no effect on later frames
 
     def __call__(self, frames: Sequence[np.ndarray]) -> list[list[Detection]]:
         results = []
