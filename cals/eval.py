@@ -454,6 +454,18 @@ def evaluate(
     model = load_cals_model(ckpt, device=device)
     scorer = syncnet_scorer(syncnet, device) if syncnet is not None else critic_scorer(critic, device) if critic is not None else None
     report = EvalReport(shards=str(shards), split=split, ckpt=str(ckpt), scorer=scorer)
+    evaluate_model(model, report, limit=limit, progress=progress)
+    if out is not None:
+        write_report(report, out)
+    return report
+
+
+def evaluate_model(model, report: EvalReport, limit: Optional[int] = None, progress: Optional[Callable[[ClipEval], None]] = None) -> EvalReport:
+    """Evaluate ``model`` (anything with :meth:`CalsModel.generate`, e.g. :class:`ZeroUnits`) on
+    ``report.split`` of ``report.shards``, scored by ``report.scorer``; appends to
+    ``report.clips`` and returns ``report``."""
+    scorer = report.scorer
+
     def one(sample, other_mel: Optional[np.ndarray]) -> None:
         try:
             result = evaluate_clip(model, sample, landmarker, scorer, other_mel)
@@ -467,7 +479,7 @@ def evaluate(
     # one takes the first clip's audio
     first_mel, pending = None, None
     with MouthLandmarker() as landmarker:
-        for index, sample in enumerate(iter_samples(shards, split=split)):
+        for index, sample in enumerate(iter_samples(report.shards, split=report.split)):
             if limit is not None and index >= limit:
                 break
             if pending is None:
@@ -477,9 +489,25 @@ def evaluate(
             pending = sample
         if pending is not None:
             one(pending, None if first_mel is pending.mel else first_mel)
-    if out is not None:
-        write_report(report, out)
     return report
+
+
+class ZeroUnits:
+    """The audio-blind baseline of a CALS model: the same model with its lip units set to zero,
+    so its generator never hears the audio (its audio gain is 0 by construction)."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+
+    def generate(self, mel, reference, targets):
+        """:meth:`CalsModel.generate` with A2L's output replaced by zeros of its shape."""
+        from unittest import mock
+
+        import torch
+
+        units = self.model.lip_units
+        with mock.patch.object(self.model, "lip_units", lambda sound: torch.zeros_like(units(sound))):
+            return self.model.generate(mel, reference, targets)
 
 
 def report_paths(out: str | Path) -> tuple[Path, Path]:
@@ -498,4 +526,4 @@ def write_report(report: EvalReport, out: str | Path) -> tuple[Path, Path]:
     return markdown, data
 
 
-__all__ = ["AUDIO_CONDITIONS", "AudioEval", "ClipEval", "EvalReport", "looped_mel", "mel_of_frames", "shifted_mel", "SyncScorer", "critic_scorer", "evaluate", "evaluate_clip", "report_paths", "syncnet_scorer", "write_report"]
+__all__ = ["AUDIO_CONDITIONS", "AudioEval", "ClipEval", "EvalReport", "ZeroUnits", "evaluate_model", "looped_mel", "mel_of_frames", "shifted_mel", "SyncScorer", "critic_scorer", "evaluate", "evaluate_clip", "report_paths", "syncnet_scorer", "write_report"]

@@ -215,3 +215,30 @@ def build_lrs2_tree(fixtures: list[Path], root: Path, clips: int) -> Lrs2Tree:
         (root / name).write_text("".join(f"{line}\n" for line in lists[split]), encoding="utf-8")
     return Lrs2Tree(root, {split: len(lines) for split, lines in lists.items()}, folders, seconds)
 
+
+
+def split_in_time(samples, folder: Path, share: float, held_out: str = "val") -> None:
+    """Write ``samples`` (:class:`cals.shard_format.ClipSample`) cut in time into one shard per
+    split under ``folder``: frames ``[0, int(share·T))`` of each clip in ``train``, the rest in
+    ``held_out`` (PNG frames: lossless), so a model is evaluated on frames of the same clips it
+    never trained on."""
+    import webdataset as wds
+
+    from cals.constants import AUDIO_SAMPLES_PER_FRAME, MEL_ROWS_PER_FRAME
+    from cals.shard_format import ClipSample, encode_sample
+
+    folder.mkdir(parents=True)
+    writers = {split: wds.TarWriter(str(folder / f"{split}-000000.tar"), encoder=False) for split in ("train", held_out)}
+    try:
+        for sample in samples:
+            cut = int(share * sample.num_frames)
+            for split, first, last in (("train", 0, cut), (held_out, cut, sample.num_frames)):
+                part = ClipSample(key=sample.key, frames=sample.frames[first:last],
+                                  mel=sample.mel[MEL_ROWS_PER_FRAME * first : MEL_ROWS_PER_FRAME * last],
+                                  audio=sample.audio[AUDIO_SAMPLES_PER_FRAME * first : AUDIO_SAMPLES_PER_FRAME * last],
+                                  boxes=sample.boxes[first:last], scores=sample.scores[first:last],
+                                  meta={**sample.meta, "split": split}, lip=None if sample.lip is None else sample.lip[first:last])
+                writers[split].write(encode_sample(part, codec="png"))
+    finally:
+        for writer in writers.values():
+            writer.close()

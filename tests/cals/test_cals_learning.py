@@ -2,18 +2,27 @@
 
 One talking-head clip (talk_aoc2_retalking, 125 frames) goes through the real pipeline:
 ``run_prep`` (MediaPipe crops) → lip units from a randomly initialised SyncNet v2
-(``pipeline.units.add_lip_units``; random features of the mouth frames: enough to exercise the
-A2L stage, not meaningful units) → the clip is cut in time: frames ``[0, 0.8 T)`` become the
-train split, the last 20 % the val split → a tiny A2L run → CALS (small widths) overfits the
-train frames.
+(``pipeline.units.add_lip_units``: random features of the mouth frames; they only seed the A2L
+pre-training, since CALS trains A2L end to end on the reconstruction) → the clip is cut in time:
+frames ``[0, 0.8 T)`` become the train split, the last 20 % the val split → a tiny A2L run →
+CALS (small widths) on the train frames, with today's training defaults (reference from outside
+the window, A2L over the whole utterance).
 
-The held-out frames are then generated as the paper does at inference: the held-out segment is
-a test video, its first frame the reference, every frame's upper half the pose prior, A2L on its
-audio. On the frames after the reference, the generated frames must beat *copy the reference*
-on PSNR and L1.
+The held-out frames are then generated as the paper does at inference (the held-out segment is a
+test video, its first frame the reference, every frame's upper part the pose prior), driven by:
+
+- the clip's **true** audio;
+- the clip's audio **shifted** circularly by :data:`~cals.constants.AUDIO_SHIFT_FRAMES` frames
+  (:func:`cals.eval.shifted_mel`, as ``cals-eval``): same frames, same reference.
+
+**Audio dependence** (:func:`audio_dependence_failures`): on the rows the pose prior hides,
+L1 with the true audio must be clearly below L1 with the shifted audio (at most
+``AUDIO_L1_RATIO`` of it), and lower-half PSNR must beat the audio-blind *paste* baseline (the
+target's upper part + the reference's lower part). The same checks run on the trained model made
+deliberately audio-blind (its lip units zeroed: :class:`cals.eval.ZeroUnits`) and must reject it.
 
 Threads: one torch thread. On the 2 shared cores of CI, 2 threads made a step 5-30x slower
-(OpenMP threads spin-waiting on each other), 1 thread keeps the run at about a minute.
+(OpenMP threads spin-waiting on each other).
 """
 
 from __future__ import annotations
@@ -23,7 +32,6 @@ import shutil
 import numpy as np
 import pytest
 import torch
-import webdataset as wds
 
 from tests.conftest import FIXTURE_VIDEO, needs_fixtures
 
@@ -33,6 +41,9 @@ CLIP = FIXTURE_VIDEO / "talk_aoc2_retalking.mp4"
 TRAIN_SHARE = 0.8
 STEPS = 300
 WINDOW = 10
+#: "Clearly below": held-out lower-half L1 with the true audio at most this share of the L1 with
+#: the shifted audio.
+AUDIO_L1_RATIO = 0.95
 
 
 @pytest.fixture(autouse=True)
@@ -59,20 +70,9 @@ def prepared(tmp_path_factory):
     return out
 
 
-def split_in_time(sample, folder, cut):
-    """train = frames [0, cut), val = frames [cut, T) of one sample (PNG frames: lossless)."""
-    from cals.shard_format import ClipSample, encode_sample
-
-    folder.mkdir(parents=True)
-    for split, first, last in (("train", 0, cut), ("val", cut, sample.num_frames)):
-        part = ClipSample(key=sample.key, frames=sample.frames[first:last], mel=sample.mel[4 * first : 4 * last],
-                          audio=sample.audio[640 * first : 640 * last], boxes=sample.boxes[first:last],
-                          scores=sample.scores[first:last], meta={**sample.meta, "split": split}, lip=sample.lip[first:last])
-        with wds.TarWriter(str(folder / f"{split}-000000.tar"), encoder=False) as tar:
-            tar.write(encode_sample(part, codec="png"))
-
-
-def test_cals_beats_copying_the_reference_on_held_out_frames(prepared, tmp_path):
+@pytest.fixture(scope="module")
+def trained(prepared, tmp_path_factory):
+    """The bounded CPU run: ``(sample, cut, model, last train metrics)``."""
     from cals.data import iter_samples
     from cals.models.a2l import A2LConfig
     from cals.models.cals_model import CalsConfig, load_cals_model
@@ -80,20 +80,23 @@ def test_cals_beats_copying_the_reference_on_held_out_frames(prepared, tmp_path)
     from cals.models.l2f import LipToFaceConfig
     from cals.models.syncnet_v2 import SyncNetV2
     from cals.train.a2l import A2LTask
-    from cals.train.cals import CalsLossConfig, CalsTask, psnr
+    from cals.train.cals import CalsLossConfig, CalsTask
     from cals.train.config import TrainConfig
     from cals.train.loop import run
     from pipeline.units import add_lip_units
+    from tests.fixture_builders import split_in_time
 
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    tmp_path = tmp_path_factory.mktemp("learning")
     dataset = tmp_path / "one"
     shutil.copytree(prepared, dataset)
     torch.manual_seed(0)
     torch.save(SyncNetV2().state_dict(), tmp_path / "syncnet_random.model")
     add_lip_units(dataset, tmp_path / "syncnet_random.model", workers=1, show_progress=False, fail_fast=True)
     sample = next(iter_samples(dataset))
-    T = sample.num_frames
-    cut = int(TRAIN_SHARE * T)
-    split_in_time(sample, tmp_path / "split", cut)
+    cut = int(TRAIN_SHARE * sample.num_frames)
+    split_in_time([sample], tmp_path / "split", TRAIN_SHARE)
     shards = str(tmp_path / "split")
 
     a2l = A2LConfig(unit_dim=sample.lip.shape[1], layers=1, d_model=32, ffn=64, heads=2, dropout=0.0)
@@ -104,24 +107,71 @@ def test_cals_beats_copying_the_reference_on_held_out_frames(prepared, tmp_path)
     metrics = run(task, TrainConfig(shards=shards, out=str(tmp_path / "cals"), steps=STEPS, batch_size=1, lr=2e-3, window=WINDOW,
                                     ckpt_every=STEPS, log_every=50, val_batches=1), show_progress=False)
     assert (tmp_path / "cals" / "previews" / f"preview-{STEPS:08d}.png").is_file()
+    torch.set_num_threads(threads)
+    return sample, cut, load_cals_model(tmp_path / "cals"), metrics
 
-    model = load_cals_model(tmp_path / "cals")
-    frames = torch.from_numpy(sample.frames).permute(0, 3, 1, 2).float() / 255.0
-    held_out = frames[cut:]
-    mel = torch.from_numpy(sample.mel[4 * cut :].astype(np.float32))[None]
-    reference = held_out[0]  # the paper's inference: the test video's first frame
-    generated = model.generate(mel, reference, held_out)[1:]
-    truth = held_out[1:]
-    copy = reference[None].expand_as(truth)
-    paste = torch.cat([truth[..., :64, :], copy[..., 64:, :]], dim=-2)  # upper half given, mouth copied
-    scores = {name: (float(psnr(out, truth).mean()), float((out - truth).abs().mean()))
-              for name, out in (("generated", generated), ("copy", copy), ("paste", paste))}
-    lower = {name: float(psnr(out[..., 64:, :], truth[..., 64:, :]).mean()) for name, out in (("generated", generated), ("copy", copy))}
-    report = f"held-out frames {T - cut - 1}: {scores}; lower-half PSNR {lower}; last train metrics {metrics}"
+
+def held_out_scores(model, sample, cut: int) -> dict[str, dict[str, float]]:
+    """Whole-frame and lower-half numbers of the held-out frames after the reference, for the
+    true and the shifted audio (same frames, same reference) and the copy and paste baselines."""
+    from cals.eval import shifted_mel
+    from cals.inference import generate_faces
+    from cals.metrics import lower_l1_frames, lower_psnr_frames, mask_top_row, psnr_frames
+
+    truth = sample.frames[cut:]
+    reference = truth[0]
+    outputs = {
+        "true": generate_faces(model, truth, sample.mel[4 * cut :])[1:],
+        "shifted": generate_faces(model, truth, shifted_mel(sample.mel)[4 * cut :])[1:],
+    }
+    truth = truth[1:]
+    outputs["copy"] = np.broadcast_to(reference, truth.shape).copy()
+    outputs["paste"] = outputs["copy"].copy()
+    outputs["paste"][:, : mask_top_row(truth.shape[1])] = truth[:, : mask_top_row(truth.shape[1])]  # upper part given, mouth copied
+    return {name: {"psnr": float(psnr_frames(out, truth).mean()), "l1": float(np.abs(out.astype(float) - truth).mean() / 255),
+                   "lower_psnr": float(lower_psnr_frames(out, truth).mean()), "lower_l1": float(lower_l1_frames(out, truth).mean())}
+            for name, out in outputs.items()}
+
+
+def audio_dependence_failures(scores: dict[str, dict[str, float]]) -> list[str]:
+    """What the held-out numbers fail of the audio-dependence checks (module docstring)."""
+    failures = []
+    if not scores["true"]["lower_l1"] <= AUDIO_L1_RATIO * scores["shifted"]["lower_l1"]:
+        failures.append(f"lower-half L1 true {scores['true']['lower_l1']:.4f} is not <= {AUDIO_L1_RATIO} x shifted {scores['shifted']['lower_l1']:.4f}")
+    if not scores["true"]["lower_psnr"] > scores["paste"]["lower_psnr"]:
+        failures.append(f"lower-half PSNR {scores['true']['lower_psnr']:.2f} dB does not beat paste {scores['paste']['lower_psnr']:.2f} dB")
+    return failures
+
+
+def test_cals_beats_copying_the_reference_on_held_out_frames(trained):
+    sample, cut, model, metrics = trained
+    scores = held_out_scores(model, sample, cut)
+    report = f"held-out frames {sample.num_frames - cut - 1}: {scores}; last train metrics {metrics}"
     print(report)
-    assert scores["generated"][0] > scores["copy"][0] + 1.0, report
-    assert scores["generated"][1] < scores["copy"][1], report
+    assert scores["true"]["psnr"] > scores["copy"]["psnr"] + 1.0, report
+    assert scores["true"]["l1"] < scores["copy"]["l1"], report
     assert metrics["recon"] < 0.05, report  # the train frames were fitted
+
+
+@pytest.mark.xfail(strict=True, reason="measured 2026-12-01 on 2 shared CPU cores (reference outside the window, A2L over the "
+                   "utterance): after 300 steps the generator ignores its lip units: held-out lower-half L1 true 0.0642 = shifted "
+                   "0.0642, lower-half PSNR 20.58 dB < paste 20.97 dB; this bounded CPU run does not learn audio dependence. strict: "
+                   "the day it does, the XPASS fails and this marker must go")
+def test_the_mouth_follows_the_audio_on_held_out_frames(trained):
+    sample, cut, model, _ = trained
+    scores = held_out_scores(model, sample, cut)
+    failures = audio_dependence_failures(scores)
+    assert not failures, f"{failures}; {scores}"
+
+
+def test_the_same_checks_reject_an_audio_blind_model(trained):
+    from cals.eval import ZeroUnits
+
+    sample, cut, model, _ = trained
+    scores = held_out_scores(ZeroUnits(model), sample, cut)
+    assert scores["true"] == scores["shifted"], scores  # it does not hear the audio
+    failures = audio_dependence_failures(scores)
+    assert any("lower-half L1" in failure for failure in failures), (failures, scores)
 
 
 def test_the_whole_recipe_runs_and_resumes(prepared, tmp_path):
