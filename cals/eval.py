@@ -248,11 +248,15 @@ class EvalReport:
         table[GAIN_ROW] = self.audio_gain()
         return table
 
+    def paired_rows(self) -> tuple[dict[str, Optional[float]], dict[str, Optional[float]]]:
+        """The true-audio and the shifted-audio rows on the same clips: those that have both (a
+        clip too short to shift has only the first)."""
+        both = [c for c in self.clips if "true" in c.generated and "shifted" in c.generated]
+        return (_row([(c.generated["true"], c.frames) for c in both]), _row([(c.generated["shifted"], c.frames) for c in both]))
+
     def audio_gain(self) -> dict[str, Optional[float]]:
         """True − shifted audio per column, on the clips that have both rows (None: not measured)."""
-        both = [c for c in self.clips if "true" in c.generated and "shifted" in c.generated]
-        true = _row([(c.generated["true"], c.frames) for c in both])
-        shifted = _row([(c.generated["shifted"], c.frames) for c in both])
+        true, shifted = self.paired_rows()
         return {column: None if true[column] is None or shifted[column] is None else true[column] - shifted[column]
                 for column in TABLE_COLUMNS}
 
@@ -286,7 +290,7 @@ class EvalReport:
                 "aperture r": "Pearson correlation over a clip's frames of the FaceMesh mouth aperture (inner lips 13-14 / eye corners 33-263), generated vs real; mean over clips weighted by frames with a face in both",
                 "shifted": f"generated from the clip's audio moved circularly by {AUDIO_SHIFT_FRAMES} frames, measured against the real frames and real audio",
                 "other": "generated from the next clip's audio (the last clip: the first's), looped or cut to length, measured against the real frames and real audio",
-                "audio gain": "true-audio row minus shifted-audio row, per column, on the clips with both",
+                "audio gain": "true-audio row minus shifted-audio row, per column, on the clips with both (a row of fewer clips says so in the Markdown)",
             },
             "table": self.rows(),
             "audio_gain": self.audio_gain(),
@@ -304,9 +308,12 @@ class EvalReport:
             "| method | " + " | ".join(TABLE_COLUMNS) + " |",
             "| --- | " + " | ".join("---" for _ in TABLE_COLUMNS) + " |",
         ]
-        for name, row in self.rows().items():
-            lines.append(f"| {name} | " + " | ".join(cell(row[c]) for c in TABLE_COLUMNS) + " |")
         stats = self.summary()
+        evaluated = stats["clips"] - stats["clips_failed"]
+        counts = {self.row_names()[condition]: stats[f"{condition}_clips"] for condition in AUDIO_CONDITIONS[1:]}
+        for name, row in self.rows().items():
+            label = f"{name} ({counts[name]} of {evaluated} clips)" if counts.get(name, evaluated) < evaluated else name
+            lines.append(f"| {label} | " + " | ".join(cell(row[c]) for c in TABLE_COLUMNS) + " |")
         lines += [
             "",
             f"{stats['clips'] - stats['clips_failed']} of {stats['clips']} clips evaluated ({stats['frames']} frames); "

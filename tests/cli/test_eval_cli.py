@@ -77,7 +77,7 @@ def test_report_has_the_papers_table_and_per_clip_json(tmp_path, dataset, models
     assert method[0] == "CALS (cals-run)"
     assert shifted[0] == "CALS (cals-run), audio shifted 20 frames" and gain[0] == "audio gain (true − shifted)"
     # one clip in the split: no other clip's audio to drive it with
-    assert other[0] == "CALS (cals-run), another clip's audio" and set(other[1:]) == {"–"}
+    assert other[0] == "CALS (cals-run), another clip's audio (0 of 1 clips)" and set(other[1:]) == {"–"}
     # a random generator paints no face: FaceMesh finds none, so LMD and aperture r have no frame (shown "–")
     assert method[3] == "–" and method[7] == "–"
     assert all(float(v) == float(v) for v in truth[4:6] + method[1:3] + method[4:7] + shifted[4:7] + gain[1:3]), (truth, method)
