@@ -119,9 +119,12 @@ def psnr(generated: np.ndarray, real: np.ndarray, cap: float = PSNR_CAP_DB) -> f
 
 def mask_top_row(height: int) -> int:
     """First row of a ``height``-row crop that the pose prior hides (rows ``mask_top_row .. height``
-    are the generated mouth region): ``height // 2``, the line of
-    :func:`cals.models.l2f.pose_prior`. The one place the lower-half measures take it from."""
-    return height // 2
+    are the generated mouth region): :func:`cals.models.l2f.mask_row`, the line of
+    :func:`cals.models.l2f.pose_prior` (:data:`~cals.constants.MASK_TOP_ROW` of 128 rows). The one
+    place the lower-half measures take it from."""
+    from cals.models.l2f import mask_row
+
+    return mask_row(height)
 
 
 def lower_psnr_frames(generated: np.ndarray, real: np.ndarray) -> np.ndarray:
