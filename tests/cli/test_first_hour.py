@@ -32,6 +32,8 @@ from tests.cals.test_stream import write_dataset
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared"
 README = REPO / "README.md"
+#: Steps of each training command in the README test (the README's own count takes minutes).
+TEST_STEPS = 2
 
 
 def touch(path: Path) -> None:
@@ -247,8 +249,9 @@ def test_readme_blocks_parse_into_the_expected_path():
 @pytest.mark.skipif(not (SHARED / "fixtures" / "video").is_dir(), reason="needs ../shared/fixtures")
 def test_the_readme_path_runs_as_written(tmp_path):
     """prep → verify → inspect → the training block in README order with the README's tiny
-    flags → generate → eval --split test; then the recipe's stage lines (units from another
-    critic re-extracted) and a grown recipe run."""
+    flags (``--steps`` cut to TEST_STEPS to keep the suite short) → generate → eval --split
+    test; then the recipe's stage lines (units from another critic re-extracted) and a grown
+    recipe run."""
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
 
     def run(line: str, extra: list[str] = ()) -> subprocess.CompletedProcess:
@@ -260,11 +263,13 @@ def test_the_readme_path_runs_as_written(tmp_path):
     prep = [run(line) for line in readme_commands("# cals\n")]
     assert "split by clip instead" in flat(prep[0].stderr + prep[0].stdout)
     assert {Path(p).name.split("-")[0] for p in shard_paths(tmp_path / "shards" / "video")} == {"train", "val", "test"}
+    flags = tiny_flags()
+    flags[flags.index("--steps") + 1] = str(TEST_STEPS)
     outputs = {}
     for line in readme_commands("## Training\n"):
-        outputs[line.split()[0] + " " + line.split()[1]] = run(line, tiny_flags() if line.startswith("cals-train") else [])
+        outputs[line.split()[0] + " " + line.split()[1]] = run(line, flags if line.startswith("cals-train") else [])
     for run_folder in ("sync", "a2l", "cals"):
-        assert read_json(tmp_path / "runs" / run_folder / "latest.json")["step"] == int(tiny_flags()[tiny_flags().index("--steps") + 1])
+        assert read_json(tmp_path / "runs" / run_folder / "latest.json")["step"] == TEST_STEPS
     assert "checkpoints in runs/cals" in flat(outputs["cals-train cals"].stderr)
     assert "wrote runs/out.mp4" in flat(outputs["cals-generate --face"].stdout)
     assert (tmp_path / "runs" / "report.md").is_file() and "wrote runs/report.md and runs/report.json" in flat(outputs["cals-eval --shards"].stderr)
@@ -273,7 +278,8 @@ def test_the_readme_path_runs_as_written(tmp_path):
               "--batch-size", "2", "--workers", "1", "--quiet"]
     first = flat(run(shlex.join(recipe)).stderr)
     assert "stage 2/4: lip units in shards/video come from another model" in first and "re-extracting" in first, first
-    grown = flat(run(shlex.join([*recipe[:6], "3", *recipe[7:], "--keep-units"])).stderr)
+    steps_at = recipe.index("--steps-per-stage") + 1
+    grown = flat(run(shlex.join([*recipe[:steps_at], "3", *recipe[steps_at + 1 :], "--keep-units"])).stderr)
     assert "stage 1/4: sync critic → runs/video/sync: continues at step 2 of 3" in grown, grown
     assert "(--keep-units), kept" in grown and "checkpoints in runs/video/cals (newest: step 3" in grown, grown
     assert read_json(tmp_path / "runs" / "video" / "cals" / "config.json")["train"]["ckpt_every"] == 2  # the segments it started with
