@@ -150,7 +150,10 @@ def test_cals_beats_copying_the_reference_on_held_out_frames(trained):
     print(report)
     assert scores["true"]["psnr"] > scores["copy"]["psnr"] + 1.0, report
     assert scores["true"]["l1"] < scores["copy"]["l1"], report
-    assert metrics["recon"] < 0.05, report  # the train frames were fitted
+    # The train frames were fitted: the smoothed training L1 (recon_ema; one batch of 1 is too
+    # noisy to test) below copying the reference (measured 0.052 vs 0.071 with references from
+    # outside the window; the old in-window references made fitting easier: recon < 0.05).
+    assert metrics["recon_ema"] < scores["copy"]["l1"], report
 
 
 @pytest.mark.xfail(strict=True, reason="measured 2026-12-01 on 2 shared CPU cores (reference outside the window, A2L over the "
