@@ -10,8 +10,8 @@ graph is built and on its first inference, from C++ and from its own threads, so
 
 :func:`native_stderr_quiet` redirects descriptor 2 into a temp file around a block (build the
 graph and run it once there), then restores it and replays every captured line that is not one
-of :data:`NATIVE_NOISE`, so a real error is never swallowed. With ``CALS_DEBUG`` set it does
-nothing.
+of :data:`NATIVE_NOISE`, so a real error is never swallowed. With ``CALS_DEBUG`` or
+``CALS_VERBOSE`` set (``--debug`` / ``--verbose`` on any ``cals-*`` command) it does nothing.
 """
 
 from __future__ import annotations
@@ -26,6 +26,9 @@ from typing import Iterator
 #: The environment variable (any value but "" or "0") that turns this quieting off and makes
 #: every ``cals-*`` command show tracebacks (:func:`cli.common.debug_requested`).
 DEBUG_ENV = "CALS_DEBUG"
+#: The environment variable (same values) that only turns this quieting off: what
+#: ``--verbose`` on any ``cals-*`` command sets.
+VERBOSE_ENV = "CALS_VERBOSE"
 #: Side (pixels) of the blank frame a MediaPipe graph runs once at build, inside
 #: native_stderr_quiet, so its first-inference lines are kept off the terminal too.
 WARM_UP_SIDE = 64
@@ -42,15 +45,24 @@ def is_native_noise(line: str) -> bool:
     return any(pattern.match(line) for pattern in NATIVE_NOISE)
 
 
+def _set(name: str) -> bool:
+    return os.environ.get(name, "") not in ("", "0")
+
+
 def debug_env_set() -> bool:
-    """Whether :data:`DEBUG_ENV` asks for everything to be shown."""
-    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    """Whether :data:`DEBUG_ENV` asks for everything to be shown (tracebacks too)."""
+    return _set(DEBUG_ENV)
+
+
+def verbose_env_set() -> bool:
+    """Whether native log lines are to be shown (:data:`VERBOSE_ENV` or :data:`DEBUG_ENV`)."""
+    return _set(VERBOSE_ENV) or _set(DEBUG_ENV)
 
 
 @contextmanager
 def native_stderr_quiet() -> Iterator[None]:
     """Capture file descriptor 2 during the block; afterwards replay what is not native noise."""
-    if debug_env_set():
+    if verbose_env_set():
         yield
         return
     sys.stderr.flush()

@@ -19,7 +19,7 @@ from rich.markup import escape
 from typer._click import exceptions as click_errors  # Typer 0.2x ships its own click: its exception types
 
 from cals.errors import UserError
-from cals.native_logs import DEBUG_ENV, debug_env_set
+from cals.native_logs import DEBUG_ENV, VERBOSE_ENV, debug_env_set
 
 #: Where errors and progress go (stdout stays for results).
 err = Console(stderr=True)
@@ -44,6 +44,9 @@ INTERNAL_ERROR_EXIT = 1
 INTERRUPTED_EXIT = 130
 #: The flag, accepted anywhere on every ``cals-*`` command line, that shows tracebacks.
 DEBUG_FLAG = "--debug"
+#: The flag, accepted anywhere on every ``cals-*`` command line, that shows native libraries'
+#: log lines (MediaPipe/TFLite/absl), hidden by default (cals.native_logs).
+VERBOSE_FLAG = "--verbose"
 #: What the user can fix: these reach the edge as ``error: <message>``, exit USER_ERROR_EXIT.
 #: ``OSError`` covers missing files, folders where files belong, permissions and full disks;
 #: ``ImportError`` an optional package not installed (the messages name the ``pip install``).
@@ -89,6 +92,9 @@ def run_app(app: typer.Typer, args: Optional[Sequence[str]] = None, prog_name: O
     debug = debug_requested(args)
     if DEBUG_FLAG in args:
         args.remove(DEBUG_FLAG)
+    if VERBOSE_FLAG in args:
+        args.remove(VERBOSE_FLAG)
+        os.environ[VERBOSE_ENV] = "1"  # the command edge: read by native_stderr_quiet, inherited by Ray workers
     for name, value in QUIET_NATIVE_ENV.items():
         os.environ.setdefault(name, value)
     try:

@@ -31,21 +31,26 @@ def evaluate(
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N clips."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write OUT.md (the table) and OUT.json (per-clip numbers)."),
     device: Optional[str] = typer.Option(None, "--device", help="torch device of the models (cpu, cuda, cuda:1, ...) [default: CUDA when available]."),
-    quiet: bool = typer.Option(False, "--quiet", help="No per-clip progress lines."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar and no per-clip progress lines."),
 ) -> None:
     """Evaluate a CALS model on a split: the paper's Table 1 (PSNR, SSIM, LMD, LSE-D, LSE-C), lower-half PSNR and mouth-aperture r, with true, shifted and another clip's audio."""
     from cals.eval import evaluate as run_evaluation, report_paths
     from cals.train.loop import resolve_device
+    from pipeline.progress import frame_progress, split_frames
 
-    def progress(clip) -> None:
-        if not quiet:
-            err.print(clip.progress_line(), highlight=False, soft_wrap=True)
+    with frame_progress(not quiet) as bar:
+        task = bar.add_task(f"{split}: frames", total=split_frames(shards, split, limit))
 
-    try:
-        report = run_evaluation(shards, ckpt, split=split, syncnet=syncnet, critic=critic, limit=limit, out=out,
-                                device=device or str(resolve_device(None)), progress=progress)
-    except (FileNotFoundError, ValueError) as error:
-        fail(str(error))
+        def progress(clip) -> None:
+            bar.advance(task, clip.frames)
+            if not quiet:
+                bar.console.print(clip.progress_line(), highlight=False, soft_wrap=True)
+
+        try:
+            report = run_evaluation(shards, ckpt, split=split, syncnet=syncnet, critic=critic, limit=limit, out=out,
+                                    device=device or str(resolve_device(None)), progress=progress)
+        except (FileNotFoundError, ValueError) as error:
+            fail(str(error))
     Console().print(report.to_markdown(), highlight=False, soft_wrap=True, markup=False)
     stats = report.summary()
     if stats["clips"] == 0:

@@ -46,6 +46,7 @@ from cals.mel import MEL_PARAMS, log_mel
 from pipeline.errors import ClipError
 from pipeline.io import ENCODE_CRF, VideoEncoder, iter_frames, probe, read_audio
 from pipeline.prepare_clip import fit_audio
+from pipeline.progress import frame_progress
 from pipeline.stages.crop import CropParams
 from pipeline.stages.detect import Detector, make_detector
 from pipeline.stages.face import face_track
@@ -201,22 +202,6 @@ def generate_video(
             return _generate(face, sound, ckpt, out, params, device, model, progress)
     except ClipError as error:
         raise InputError("face", face, error) from None
-
-
-def frame_progress(show: bool):
-    """A rich progress display for frames on stderr, with frames/s; renders nothing unless
-    ``show`` and stderr is a terminal."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
-    from rich.text import Text
-
-    class FramesPerSecond(ProgressColumn):
-        def render(self, task) -> Text:
-            return Text(f"{task.speed:.1f} frames/s" if task.speed else "")
-
-    console = Console(stderr=True)
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), FramesPerSecond(), TimeElapsedColumn(),
-                    console=console, disable=not (show and console.is_terminal))
 
 
 def _generate(face, sound: np.ndarray, ckpt, out, params: GenerateParams, device: str, model, progress) -> GenerateResult:

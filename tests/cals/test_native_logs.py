@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from cals.native_logs import DEBUG_ENV, is_native_noise
+from cals.native_logs import DEBUG_ENV, VERBOSE_ENV, is_native_noise
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -30,7 +30,7 @@ print("done")
 
 
 def run_python(code: str, debug: bool) -> subprocess.CompletedProcess:
-    env = {**os.environ, DEBUG_ENV: "1" if debug else ""}
+    env = {**os.environ, DEBUG_ENV: "1" if debug else "", VERBOSE_ENV: ""}
     return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, env=env, timeout=120)
 
 
@@ -62,3 +62,17 @@ def test_a_real_line_written_to_fd_2_inside_the_block_is_replayed():
     )
     result = run_python(code, debug=False)
     assert result.stderr.splitlines() == ["a real problem"]
+
+
+def test_verbose_on_a_command_shows_the_native_lines():
+    """A command run through the ``cals-*`` edge (cli.common.run_app) that builds the MediaPipe
+    detector shows its native lines with ``--verbose`` and none without."""
+    code = "from pipeline.stages.detect import make_detector; from cli.common import run_app; import typer\n" \
+           "app = typer.Typer()\n@app.command()\ndef build():\n    make_detector('mediapipe')\n" \
+           "import sys; sys.exit(run_app(app, sys.argv[1:]))\n"
+    env = {**os.environ, DEBUG_ENV: "", VERBOSE_ENV: ""}
+    quiet = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, env=env, timeout=120)
+    loud = subprocess.run([sys.executable, "-c", code, "--verbose"], cwd=REPO, capture_output=True, text=True, env=env, timeout=120)
+    assert quiet.returncode == loud.returncode == 0, quiet.stderr + loud.stderr
+    assert not any(is_native_noise(line) for line in quiet.stderr.splitlines()), quiet.stderr
+    assert any(is_native_noise(line) for line in loud.stderr.splitlines()), loud.stderr

@@ -228,3 +228,28 @@ def test_missing_inputs_are_one_line_errors(tmp_path, models):
     assert result.exit_code == 2 and "does not exist" in one_line_error(result)
     result = runner.invoke(app, ["--shards", str(tmp_path), "--ckpt", str(models["cals"]), "--syncnet", str(tmp_path / "syncnet_v2.model")])
     assert result.exit_code == 2 and "robots.ox.ac.uk" in one_line_error(result)
+
+
+@pytest.mark.slow
+@needs_fixtures
+def test_progress_bar_in_frames_on_a_terminal_only(dataset, models):
+    """A bar with frames/s when stderr is a terminal (FORCE_COLOR makes rich treat it as one);
+    none with --quiet or when piped. The total comes from the manifest (split_frames)."""
+    import os
+    import subprocess
+    import sys
+
+    from pipeline.progress import split_frames
+
+    assert split_frames(dataset, "test") == 50 and split_frames(dataset, "train") == 0
+    command = [sys.executable, "-c", "from cli.eval import main; main()", "--shards", str(dataset), "--split", "test",
+               "--ckpt", str(models["cals"]), "--device", "cpu"]
+    terminal = {**os.environ, "FORCE_COLOR": "1", "COLUMNS": "120"}
+    piped = {k: v for k, v in os.environ.items() if k != "FORCE_COLOR"}
+    shown = subprocess.run(command, env=terminal, capture_output=True, text=True, timeout=300)
+    quiet = subprocess.run([*command, "--quiet"], env=terminal, capture_output=True, text=True, timeout=300)
+    plain = subprocess.run(command, env=piped, capture_output=True, text=True, timeout=300)
+    assert shown.returncode == quiet.returncode == plain.returncode == 0, shown.stderr + quiet.stderr + plain.stderr
+    assert "frames/s" in shown.stderr and "50/50" in shown.stderr, shown.stderr
+    assert "frames/s" not in quiet.stderr and "frames/s" not in plain.stderr
+    assert "aoc2" in plain.stderr  # the per-clip line still reaches a log
