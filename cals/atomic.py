@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import posixpath
 import stat
+import threading
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +19,11 @@ from typing import Iterator
 
 #: Glob of the temp files :func:`temp_name` makes (one folder level).
 TEMP_GLOB = ".*.tmp-*"
+#: Held while a group of files that must appear together is published (a shard's rows part
+#: and its tar). Whatever ends this process on purpose (the Ray workers' driver watchdog) takes
+#: it first, so a worker stopped because its driver died never leaves half a group behind,
+#: e.g. a rows part whose tar it had just removed, while a re-run writes the same shard.
+PUBLISH_LOCK = threading.Lock()
 
 
 def temp_name(name: str) -> str:

@@ -18,6 +18,7 @@ from typing import Any, Callable, Optional
 
 import webdataset as wds
 
+from cals.atomic import PUBLISH_LOCK
 from cals.errors import NoSpaceError, is_no_space
 from cals.layout import marker_name, part_name, tar_name
 from pipeline.errors import ClipError
@@ -100,10 +101,11 @@ def prepare_shard(
     try:
         # A tar of an earlier run goes first: a crash between the part and the tar must not
         # leave a new part beside an old tar (that shard would pass as complete).
-        storage.remove(final_tar)
-        write_part(storage, plan.name, rows, metadata)
-        if written:
-            storage.put_file(tmp_tar, final_tar)
+        with PUBLISH_LOCK:  # the part and the tar appear together, even if the driver dies now
+            storage.remove(final_tar)
+            write_part(storage, plan.name, rows, metadata)
+            if written:
+                storage.put_file(tmp_tar, final_tar)
     except OSError as error:
         if not is_no_space(error):
             raise

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Protocol, Sequence, TypeVar
 
+from cals.atomic import PUBLISH_LOCK
 from cals.errors import is_no_space
 from pipeline.ray_session import ray_session
 
@@ -167,7 +168,8 @@ class Driver:
         def poll() -> None:
             while self.alive():
                 time.sleep(DRIVER_POLL_S)
-            os._exit(1)
+            with PUBLISH_LOCK:  # never in the middle of publishing a shard's files
+                os._exit(1)
 
         threading.Thread(target=poll, name="driver-watchdog", daemon=True).start()
 
