@@ -50,6 +50,20 @@ class ClipSource:
     def from_dict(cls, data: dict[str, Any]) -> "ClipSource":
         return cls(**data)
 
+    def provenance(self) -> dict[str, Any]:
+        """Where the clip comes from, under the names both its manifest row and its sample's
+        ``json`` use: source path, dataset, split, speaker, transcript, span (s) and crop."""
+        return dict(
+            source=self.path,
+            dataset=self.dataset,
+            split=self.split,
+            speaker=self.speaker,
+            transcript=self.transcript,
+            source_start_s=self.start_s,
+            source_end_s=self.end_s,
+            source_crop=list(self.crop) if self.crop else None,
+        )
+
 
 MANIFEST_SCHEMA = pa.schema(
     [
@@ -88,17 +102,7 @@ MANIFEST_SCHEMA = pa.schema(
 def manifest_row(source: ClipSource, **fields: Any) -> dict[str, Any]:
     """A manifest row for ``source`` with every schema column (missing ones null)."""
     row = {name: None for name in MANIFEST_SCHEMA.names}
-    row.update(
-        key=source.key,
-        source=source.path,
-        dataset=source.dataset,
-        split=source.split,
-        speaker=source.speaker,
-        transcript=source.transcript,
-        source_start_s=source.start_s,
-        source_end_s=source.end_s,
-        source_crop=list(source.crop) if source.crop else None,
-    )
+    row.update(key=source.key, **source.provenance())
     unknown = set(fields) - set(row)
     if unknown:
         raise KeyError(f"not manifest columns: {sorted(unknown)}")

@@ -247,15 +247,8 @@ def encode_clip(
     )
     meta = dict(
         pipeline_version=PIPELINE_VERSION,
-        source=source.path,
-        dataset=source.dataset,
-        split=source.split,
-        speaker=source.speaker,
-        transcript=source.transcript,
+        **source.provenance(),
         extra=source.extra,
-        source_start_s=source.start_s,
-        source_end_s=source.end_s,
-        source_crop=list(source.crop) if source.crop else None,
         source_fps=info.fps,
         source_width=info.width,
         source_height=info.height,
