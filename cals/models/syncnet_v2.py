@@ -125,6 +125,23 @@ class SyncNetV2(nn.Module):
         features = self.netcnnlip(frames)
         return self.netfclip(features.flatten(1))
 
+    def forward_lip_sequence(self, frames: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, N, 224, 224)`` float BGR 0-255 frame sequences (N >= 5) → ``(B, N - 4,
+        embed_dim)``: entry v is :meth:`forward_lip` of frames ``v .. v+4``, all in one pass.
+
+        Exact (in eval mode) because only the first lip convolution spans time (kernel 5, stride
+        1, no temporal padding): every later convolution and pooling has temporal kernel 1 and
+        stride 1 (:data:`LIP_STAGES`), so the trunk maps N frames to N - 4 independent time steps
+        of ``(512, 1, 1)``, and the fully connected head (BatchNorm1d with running statistics)
+        applies to each step alone. Costs about 1/5 of embedding the N - 4 windows one by one.
+        """
+        if frames.ndim != 5 or frames.shape[2] < LIP_WINDOW_FRAMES:
+            raise ValueError(f"expected (B, 3, N >= {LIP_WINDOW_FRAMES}, 224, 224) frames, got {tuple(frames.shape)}")
+        features = self.netcnnlip(frames)  # (B, 512, N - 4, 1, 1)
+        batch, channels, steps = features.shape[:3]
+        steps_first = features.reshape(batch, channels, steps).transpose(1, 2).reshape(batch * steps, channels)
+        return self.netfclip(steps_first).reshape(batch, steps, -1)
+
     def forward(self, frames: torch.Tensor, mfcc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Both streams: ``(lip embeddings, audio embeddings)``, each ``(B, embed_dim)``."""
         return self.forward_lip(frames), self.forward_aud(mfcc)

@@ -142,3 +142,119 @@ def test_critic_run_folder_gives_units_from_its_newest_checkpoint(tmp_path):
         expected = critic.embed_video(torch.from_numpy(windows).float() / 255.0).numpy()
     assert units.shape == (6, 16)
     np.testing.assert_allclose(units, expected, rtol=1e-4, atol=1e-5)
+
+
+# --- one pass per clip (issue 12): equal to the per-window reference -------------------------
+
+#: The check: max abs difference between one-pass and per-window units (absolute; the random
+#: SyncNet's units have max |x| ~1.3 and norm ~11, the critic's are unit vectors).
+UNIT_TOLERANCE = 1e-5
+#: Lengths tried: one frame, two, one window, a long clip, and chunk boundaries of CHUNK.
+CHUNK = 8
+LENGTHS = (1, 2, 5, CHUNK - 4, CHUNK, CHUNK + 1, 17)
+
+
+def max_unit_diff(model, frames, batch_size=CHUNK, mode="clip") -> float:
+    reference = model.embed(frames, batch_size=batch_size, mode="windows")
+    return float(np.abs(model.embed(frames, batch_size=batch_size, mode=mode) - reference).max())
+
+
+def _randomise_batch_norms(net: torch.nn.Module, seed: int) -> None:
+    """Running statistics and affine parameters away from the identity, so an eval-mode slip shows."""
+    generator = torch.Generator().manual_seed(seed)
+    for module in net.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.running_mean.copy_(torch.randn(module.running_mean.shape, generator=generator) * 0.1)
+            module.running_var.copy_(torch.rand(module.running_var.shape, generator=generator) + 0.5)
+            module.weight.data.copy_(torch.rand(module.weight.shape, generator=generator) + 0.5)
+            module.bias.data.copy_(torch.randn(module.bias.shape, generator=generator) * 0.1)
+
+
+@pytest.fixture(scope="module")
+def random_models():
+    from cals.models.lip_units import CriticLipUnits, SyncNetLipUnits
+    from cals.models.sync_critic import SyncCritic, SyncCriticConfig
+
+    torch.manual_seed(2)
+    syncnet = SyncNetV2()
+    _randomise_batch_norms(syncnet, 3)
+    config = SyncCriticConfig(embed_dim=16, mouth_size=(32, 64), video_channels=(8, 8, 8, 8, 16), audio_channels=(8, 8, 8, 8, 16))
+    critic = SyncCritic(config)
+    _randomise_batch_norms(critic, 4)
+    cpu = torch.device("cpu")
+    return {
+        "syncnet_v2": SyncNetLipUnits(syncnet.eval(), "random", "0" * 64, cpu),
+        "sync_critic": CriticLipUnits(critic.eval(), "random", "0" * 64, cpu),
+    }
+
+
+@pytest.mark.parametrize("kind", ["syncnet_v2", "sync_critic"])
+def test_one_pass_equals_the_per_window_units(random_models, kind):
+    model = random_models[kind]
+    rng = np.random.default_rng(5)
+    for length in LENGTHS:
+        frames = rng.integers(0, 256, (length, 128, 128, 3), dtype=np.uint8)
+        assert model.embed(frames, batch_size=CHUNK).shape == (length, model.dim)
+        assert max_unit_diff(model, frames) <= UNIT_TOLERANCE, (kind, length)
+    frames = rng.integers(0, 256, (17, 128, 128, 3), dtype=np.uint8)
+    assert max_unit_diff(model, frames, batch_size=1) <= UNIT_TOLERANCE  # a chunk per unit
+    assert max_unit_diff(model, frames, batch_size=64) <= UNIT_TOLERANCE  # the whole clip at once
+
+
+@pytest.mark.parametrize("kind", ["syncnet_v2", "sync_critic"])
+def test_clips_batched_in_one_stream_equal_each_clip_alone(random_models, kind):
+    model = random_models[kind]
+    rng = np.random.default_rng(6)
+    clips = [rng.integers(0, 256, (length, 128, 128, 3), dtype=np.uint8) for length in (3, 1, 11, 2, 6)]
+    together = model.embed_many(clips, batch_size=CHUNK)  # chunks straddle clip boundaries
+    assert [units.shape for units in together] == [(len(clip), model.dim) for clip in clips]
+    for clip, units in zip(clips, together):
+        assert np.abs(units - model.embed(clip, batch_size=CHUNK, mode="windows")).max() <= UNIT_TOLERANCE
+    assert model.embed_many([]) == []
+    with pytest.raises(ValueError, match="different frame sizes"):
+        model.embed_many([clips[0], clips[1][:, :64]])
+
+
+def _shifted(stream_indices):
+    """Off by one: every unit read from the window one frame later (the last stays in the clip)."""
+
+    def broken(lengths):
+        positions, starts = stream_indices(lengths)
+        return positions, np.minimum(starts + 1, len(positions) - 5)
+
+    return broken
+
+
+def _reflected(stream_indices):
+    """The wrong padding: the clip mirrored at its ends (frames 2 1 | 0 1 2 ...) instead of its edge
+    frames repeated."""
+
+    def broken(lengths):
+        positions, starts = stream_indices(lengths)
+        first = 0
+        for index, length in enumerate(lengths):
+            base = index * 4 + first
+            local = np.abs(np.arange(-2, length + 2))
+            local = np.where(local > length - 1, 2 * (length - 1) - local, local)
+            positions[base : base + length + 4] = first + np.clip(local, 0, length - 1)
+            first += length
+        return positions, starts
+
+    return broken
+
+
+@pytest.mark.parametrize("breakage", [_shifted, _reflected])
+@pytest.mark.parametrize("kind", ["syncnet_v2", "sync_critic"])
+def test_the_check_rejects_a_broken_one_pass(random_models, kind, breakage, monkeypatch):
+    import cals.models.lip_units as lip_units
+
+    model = random_models[kind]
+    frames = np.random.default_rng(7).integers(0, 256, (CHUNK + 1, 128, 128, 3), dtype=np.uint8)
+    assert max_unit_diff(model, frames) <= UNIT_TOLERANCE
+    monkeypatch.setattr(lip_units, "stream_indices", breakage(lip_units.stream_indices))
+    assert max_unit_diff(model, frames) > 10 * UNIT_TOLERANCE  # the check rejects it, with margin
+
+
+def test_embed_refuses_an_unknown_mode(syncnet_file):
+    with pytest.raises(ValueError, match="mode must be one of"):
+        load_lip_model(syncnet_file).embed(np.zeros((3, 128, 128, 3), np.uint8), mode="frames")
