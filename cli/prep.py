@@ -20,6 +20,9 @@ from rich.console import Console
 from cals.constants import SYNC_MAX_OFFSET, SYNC_MIN_CONF, SYNCNET_BATCH_SIZE, SYNCNET_VSHIFT
 from cli.common import DetectorName, MediapipeModel, err, fail, keyword_parameters, new_app, plain_values, register_command, run_app
 from pipeline.prep_job import NothingPrepared, PrepJobError, PrepOptions, prepare_dataset
+from pipeline.recipes.lrs2 import MAIN_SUBSET as LRS2_DEFAULT_SUBSET, SUBSET_CHOICES as LRS2_SUBSETS
+from pipeline.recipes.lrs3 import DEFAULT_SUBSET as LRS3_DEFAULT_SUBSET, LRS3_VAL_SHARE, SUBSET_CHOICES as LRS3_SUBSETS
+from pipeline.recipes.voxceleb2 import DEFAULT_SUBSET as VOX2_DEFAULT_SUBSET, SUBSET_CHOICES as VOX2_SUBSETS, VOX2_VAL_SHARE
 
 app = new_app(__doc__)
 
@@ -86,11 +89,26 @@ def prep_command(command_name: str) -> Callable[[Recipe], Recipe]:
     return decorator
 
 
+def subset_choices(name: str, choices: tuple[str, ...]) -> type[Enum]:
+    """A ``--subset`` choice type from a recipe's ``SUBSET_CHOICES`` (one list of names)."""
+    return Enum(name, {choice: choice for choice in choices}, type=str)
+
+
+Lrs2Subset = subset_choices("Lrs2Subset", LRS2_SUBSETS)
+Lrs3Subset = subset_choices("Lrs3Subset", LRS3_SUBSETS)
+Vox2Subset = subset_choices("Vox2Subset", VOX2_SUBSETS)
+
+
+def share_option(split: str, default: float, of: str, more: str = "") -> typer.models.OptionInfo:
+    """A ``--val``/``--test`` option: the share of ``of`` (speakers) hashed into ``split``."""
+    return typer.Option(default, f"--{split}", help=f"Share of {of} in the {split} split (speaker-hashed{more}).")
+
+
 @prep_command("folder")
 def folder(
     root: Path = typer.Option(..., "--root", help="Folder of videos (mp4 avi mkv mov webm), searched recursively; speaker = parent folder name."),
-    val: float = typer.Option(0.05, "--val", help="Share of speakers in the val split (speaker-hashed; by clip when too few speakers leave it empty)."),
-    test: float = typer.Option(0.05, "--test", help="Share of speakers in the test split (speaker-hashed; by clip when too few speakers leave it empty)."),
+    val: float = share_option("val", 0.05, "speakers", "; by clip when too few speakers leave it empty"),
+    test: float = share_option("test", 0.05, "speakers", "; by clip when too few speakers leave it empty"),
 ):
     """Prepare any folder of talking-face videos into OUT/NAME/ shards + manifest.parquet + prep.json."""
     from pipeline.recipes.folder import prepare_folder
@@ -103,16 +121,10 @@ def folder(
     return clips, root.resolve().name
 
 
-class Lrs2Subset(str, Enum):
-    main = "main"
-    pretrain = "pretrain"
-    all = "all"
-
-
 @prep_command("lrs2")
 def lrs2(
     root: Path = typer.Option(..., "--root", help="LRS2 release folder: holds mvlrs_v1/{main,pretrain}/ and train.txt val.txt test.txt pretrain.txt."),
-    subset: Lrs2Subset = typer.Option(Lrs2Subset.main, "--subset", help="main (official train/val/test lists), pretrain (all to train) or all."),
+    subset: Lrs2Subset = typer.Option(Lrs2Subset(LRS2_DEFAULT_SUBSET), "--subset", help="main (official train/val/test lists), pretrain (all to train) or all."),
 ):
     """Prepare LRS2 (official splits from its list files, transcripts, pretrain word timings) into OUT/lrs2/."""
     from pipeline.recipes.lrs2 import LRS2_DATASET, prepare_lrs2
@@ -121,6 +133,21 @@ def lrs2(
     if not any(clips.values()):
         raise FileNotFoundError(f"no listed LRS2 clip of --subset {subset.value} found under {root} (see the warnings above)")
     return clips, LRS2_DATASET
+
+
+@prep_command("lrs3")
+def lrs3(
+    root: Path = typer.Option(..., "--root", help="LRS3 folder holding pretrain/ trainval/ test/ (<video_id>/<NNNNN>.mp4 with its .txt)."),
+    subset: Lrs3Subset = typer.Option(Lrs3Subset(LRS3_DEFAULT_SUBSET), "--subset", help="trainval (train + val, and the official test), pretrain (train + val) or all."),
+    val: float = share_option("val", LRS3_VAL_SHARE, "talks (speakers) of trainval/pretrain", "; LRS3 has no official val"),
+):
+    """Prepare LRS3 (official test; val carved by talk, speaker-disjoint; transcripts, word timings) into OUT/lrs3/."""
+    from pipeline.recipes.lrs3 import LRS3_DATASET, prepare_lrs3
+
+    clips = prepare_lrs3(root, subset=subset.value, val=val)
+    if not any(clips.values()):
+        raise FileNotFoundError(f"no LRS3 clip (<video_id>/<NNNNN>.mp4) of --subset {subset.value} found under {root} (see the warnings above)")
+    return clips, LRS3_DATASET
 
 
 @prep_command("lrw")
@@ -140,8 +167,8 @@ def lrw(
 def hdtf(
     root: Path = typer.Option(..., "--root", help="Folder of downloaded HDTF videos (mp4 mkv webm mov), searched recursively by video name."),
     annotations: Path = typer.Option(..., "--annotations", help="HDTF_dataset folder of github.com/MRzzm/HDTF (<GROUP>_annotion_time.txt, <GROUP>_crop_wh.txt, ...)."),
-    val: float = typer.Option(0.05, "--val", help="Share of speakers (videos) in the val split (speaker-hashed)."),
-    test: float = typer.Option(0.05, "--test", help="Share of speakers (videos) in the test split (speaker-hashed)."),
+    val: float = share_option("val", 0.05, "speakers (videos)"),
+    test: float = share_option("test", 0.05, "speakers (videos)"),
 ):
     """Prepare HDTF: each annotated span of each downloaded video, cut and cropped as annotated, into OUT/hdtf/."""
     from pipeline.recipes.hdtf import HDTF_DATASET, prepare_hdtf
@@ -150,6 +177,21 @@ def hdtf(
     if not any(clips.values()):
         raise FileNotFoundError(f"no annotated HDTF video with a crop found under {root} (see the warnings above)")
     return clips, HDTF_DATASET
+
+
+@prep_command("voxceleb2")
+def voxceleb2(
+    root: Path = typer.Option(..., "--root", help="VoxCeleb2 folder holding dev/mp4/ and test/mp4/ (<idNNNNN>/<video>/<clip>.mp4; aac/ not needed)."),
+    subset: Vox2Subset = typer.Option(Vox2Subset(VOX2_DEFAULT_SUBSET), "--subset", help="all (dev to train + val, the official test), dev or test."),
+    val: float = share_option("val", VOX2_VAL_SHARE, "dev speakers"),
+):
+    """Prepare VoxCeleb2 (official dev/test; speakers from the id folders; val carved by speaker; no transcripts) into OUT/voxceleb2/."""
+    from pipeline.recipes.voxceleb2 import VOX2_DATASET, prepare_voxceleb2
+
+    clips = prepare_voxceleb2(root, subset=subset.value, val=val)
+    if not any(clips.values()):
+        raise FileNotFoundError(f"no VoxCeleb2 clip (<idNNNNN>/<video>/<clip>.mp4) of --subset {subset.value} found under {root} (see the warnings above)")
+    return clips, VOX2_DATASET
 
 
 @app.command()

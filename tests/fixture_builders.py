@@ -1,5 +1,6 @@
 """Builders of test and benchmark media from the shared fixture clips (ffmpeg, argument lists,
-no shell): looped corpora, a long 720p clip, and a fake LRS2 release tree.
+no shell): looped corpora, a long 720p clip, a fake LRS2 release tree, and small release trees of
+real clips for the other recipes (LRS3, VoxCeleb2: :func:`build_release_tree`).
 
 Used by ``bench/prep.py`` and by the tests (``tests/cli/test_recipes_cli.py``), so both measure
 and check the same inputs.
@@ -13,7 +14,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 from cals.constants import FPS
 from pipeline.errors import ClipError
@@ -145,21 +146,24 @@ def lrs2_split(index: int) -> str:
     return next((split for split, wanted in LRS2_SPLIT_SLOTS.items() if slot == wanted), "train")
 
 
-def cut_lrs2_pieces(fixture: Path, folder: Path, pieces: int) -> list[Path]:
-    """Cut ``fixture`` (looped when it runs out) into ``pieces`` consecutive LRS2-like clips.
+def cut_pieces(
+    fixture: Path, folder: Path, pieces: int, *, size: int = LRS2_SIZE, seconds: float = LRS2_CLIP_SECONDS
+) -> list[Path]:
+    """Cut ``fixture`` (looped when it runs out) into ``pieces`` consecutive ``seconds``-long
+    face-track-like clips (LRS2's by default).
 
-    One ffmpeg pass into the new ``folder``: the centre square scaled to LRS2_SIZE², 25 fps H.264
+    One ffmpeg pass into the new ``folder``: the centre square scaled to ``size``², 25 fps H.264
     with a keyframe at every cut, AAC 16 kHz mono, split by the segment muxer. Returns the pieces
     in order; raises RuntimeError when ffmpeg made fewer.
     """
     folder.mkdir(parents=True)
-    square = f"crop='min(iw,ih)':'min(iw,ih)',scale={LRS2_SIZE}:{LRS2_SIZE},setsar=1,fps={FPS}"
+    square = f"crop='min(iw,ih)':'min(iw,ih)',scale={size}:{size},setsar=1,fps={FPS}"
     run_ffmpeg(
         [
-            "-stream_loop", "-1", "-i", str(fixture), "-t", f"{pieces * LRS2_CLIP_SECONDS:.3f}",
-            "-vf", square, "-force_key_frames", f"expr:gte(t,n_forced*{LRS2_CLIP_SECONDS:g})",
+            "-stream_loop", "-1", "-i", str(fixture), "-t", f"{pieces * seconds:.3f}",
+            "-vf", square, "-force_key_frames", f"expr:gte(t,n_forced*{seconds:g})",
             *X264_ARGS, *LRS2_AAC_ARGS,
-            "-f", "segment", "-segment_time", f"{LRS2_CLIP_SECONDS:g}", "-segment_format", "mp4",
+            "-f", "segment", "-segment_time", f"{seconds:g}", "-segment_format", "mp4",
             "-reset_timestamps", "1", str(folder / "piece_%05d.mp4"),
         ]
     )
@@ -169,11 +173,11 @@ def cut_lrs2_pieces(fixture: Path, folder: Path, pieces: int) -> list[Path]:
     return found[:pieces]  # a last sliver past -t, if any, stays behind and is removed with the folder
 
 
-def check_lrs2_piece(path: Path) -> float:
-    """The seconds of one cut clip; RuntimeError unless it is about LRS2_CLIP_SECONDS long with audio."""
+def check_piece(path: Path, seconds: float = LRS2_CLIP_SECONDS) -> float:
+    """The seconds of one cut clip; RuntimeError unless it is about ``seconds`` long with audio."""
     info = probe(path)
-    if info.duration_s < LOOP_DURATION_TOLERANCE * LRS2_CLIP_SECONDS or not info.has_audio:
-        raise RuntimeError(f"{path}: {info.duration_s:.2f} s, audio {info.has_audio}: not a usable {LRS2_CLIP_SECONDS:g}-s clip")
+    if info.duration_s < LOOP_DURATION_TOLERANCE * seconds or not info.has_audio:
+        raise RuntimeError(f"{path}: {info.duration_s:.2f} s, audio {info.has_audio}: not a usable {seconds:g}-s clip")
     return info.duration_s
 
 
@@ -196,13 +200,13 @@ def build_lrs2_tree(fixtures: list[Path], root: Path, clips: int) -> Lrs2Tree:
         count = clips // len(fixtures) + (1 if number < clips % len(fixtures) else 0)
         if count == 0:
             continue
-        pieces = cut_lrs2_pieces(fixture, staging / fixture.stem, count)
+        pieces = cut_pieces(fixture, staging / fixture.stem, count)
         for start in range(0, count, LRS2_CLIPS_PER_FOLDER):
             video_id = str(LRS2_FOLDER_ID_BASE + folders)
             folders += 1
             (main / video_id).mkdir(parents=True)
             for utt, piece in enumerate(pieces[start : start + LRS2_CLIPS_PER_FOLDER], start=1):
-                seconds += check_lrs2_piece(piece)
+                seconds += check_piece(piece)
                 clip_id = f"{video_id}/{utt:05d}"
                 os.replace(piece, main / f"{clip_id}.mp4")
                 text = LRS2_TEXT.format(text=lrs2_transcript(index), conf=2 + index % 5)
@@ -215,6 +219,40 @@ def build_lrs2_tree(fixtures: list[Path], root: Path, clips: int) -> Lrs2Tree:
         (root / name).write_text("".join(f"{line}\n" for line in lists[split]), encoding="utf-8")
     return Lrs2Tree(root, {split: len(lines) for split, lines in lists.items()}, folders, seconds)
 
+
+
+def lrs3_text(transcript: str, ref: str) -> str:
+    """An LRS3 ``.txt`` for ``transcript``: ``Text:``/``Conf:``/``Ref:`` lines, a two-row
+    ``FRAME X Y W H`` face-box table and a ``WORD START END ASDSCORE`` table (words 0.3 s apart)."""
+    words = "".join(f"{word} {0.3 * i:.2f} {0.3 * i + 0.25:.2f} 5.0\n" for i, word in enumerate(transcript.split()))
+    frames = "000001 \t0.400 0.200 0.200 0.300 \n000002 \t0.401 0.200 0.200 0.300 \n"
+    return f"Text:  {transcript}\nConf:  3\nRef:   {ref}\n\nFRAME X Y W H\n{frames}\nWORD START END ASDSCORE\n{words}"
+
+
+def build_release_tree(
+    fixture: Path, root: Path, clips: Sequence[tuple[str, Optional[str]]], *, size: int, seconds: float
+) -> list[Path]:
+    """A fake corpus release in ``root`` (rebuilt) with real clips: consecutive ``seconds``-long
+    ``size``² pieces of ``fixture`` (:func:`cut_pieces`), one per ``(relative .mp4 path,
+    transcript)``; a transcript that is not None is written beside its clip as an LRS3 ``.txt``
+    (:func:`lrs3_text`, ``Ref:`` = the clip's folder). Returns the clips' paths in order."""
+    if root.exists():
+        shutil.rmtree(root)
+    staging = root.parent / f".{root.name}.pieces"
+    if staging.exists():
+        shutil.rmtree(staging)
+    pieces = cut_pieces(fixture, staging, len(clips), size=size, seconds=seconds)
+    placed = []
+    for piece, (relative, transcript) in zip(pieces, clips):
+        check_piece(piece, seconds)
+        target = root / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(piece, target)
+        if transcript is not None:
+            target.with_suffix(".txt").write_text(lrs3_text(transcript, target.parent.name), encoding="utf-8")
+        placed.append(target)
+    shutil.rmtree(staging)
+    return placed
 
 
 def split_in_time(samples, folder: Path, share: float, held_out: str = "val") -> None:
