@@ -7,6 +7,9 @@ A detector whose boxes already are the crop squares also provides ``squares(fram
 - ``mediapipe`` (default): MediaPipe 0.10.21 FaceDetection; its model ships inside the wheel.
   Frames are downscaled to at most ``max_side`` pixels before detection (boxes are scaled back).
 - ``sfd``: face-alignment's S3FD, weights read from the torch hub cache (never downloaded).
+- :class:`SyncnetS3fdDetector`: syncnet_python's S3FD (:mod:`cals.models.s3fd`, ``sfd_face.pth``
+  from a user path) with its ``detect_faces`` scales and threshold; what the ``syncnet_python``
+  scoring protocol detects with when the weights are given.
 - ``none``: the whole frame's centre square, for corpora that already are face crops.
 """
 
@@ -126,6 +129,32 @@ class SfdDetector:
                 [Detection(tuple(float(v) for v in b[:4]), float(b[4])) for b in boxes if b[4] >= self.min_confidence]
             )
         return results
+
+    def close(self) -> None:
+        pass
+
+
+class SyncnetS3fdDetector:
+    """syncnet_python's S3FD: :meth:`cals.models.s3fd.S3FD.detect` on each ``(H, W, 3)`` uint8
+    RGB frame at ``scales`` (resizing inside, boxes in the frame's pixels), scores > ``conf_th``.
+
+    Raises (at construction):
+        FileNotFoundError / ValueError: ``weights`` missing or not syncnet_python's layout (one
+        line naming the file and where to get ``sfd_face.pth``).
+    """
+
+    def __init__(self, weights: str | Path, conf_th: float, scales: Sequence[float] = (1.0,), device: str = "cpu") -> None:
+        from cals.models.s3fd import load_s3fd
+
+        self.weights, self.conf_th, self.scales = Path(weights), conf_th, tuple(scales)
+        self._model = load_s3fd(self.weights, device=device)
+        self.name = f"s3fd ({self.weights.name}) x{'/'.join(f'{s:g}' for s in self.scales)} conf > {conf_th:g}"
+
+    def __call__(self, frames: Sequence[np.ndarray]) -> list[list[Detection]]:
+        return [
+            [Detection(tuple(float(v) for v in row[:4]), float(row[4])) for row in self._model.detect(frame, self.conf_th, self.scales)]
+            for frame in frames
+        ]
 
     def close(self) -> None:
         pass
