@@ -27,6 +27,12 @@ from pipeline.recipes.voxceleb2 import DEFAULT_SUBSET as VOX2_DEFAULT_SUBSET, SU
 app = new_app(__doc__)
 
 
+class TracksMode(str, Enum):
+    dominant = "dominant"
+    all = "all"
+    speaker = "speaker"
+
+
 def _common_options(
     out: str = typer.Option(PrepOptions.out, "--out", help="Output folder (a path, or an fsspec URL such as s3://bucket/shards: needs fsspec and s3fs/gcsfs); the dataset goes to OUT/NAME/."),
     name: Optional[str] = typer.Option(None, "--name", help="Dataset folder name [default: the corpus's name]."),
@@ -51,6 +57,13 @@ def _common_options(
     max_offset: int = typer.Option(PrepOptions.max_offset, "--max-offset", min=0, help="With --sync-model: drop clips whose |AV offset| exceeds this, frames."),
     min_conf: float = typer.Option(PrepOptions.min_conf, "--min-conf", min=0.0, help="With --sync-model: drop clips whose sync confidence is below this."),
     fix_offset: bool = typer.Option(False, "--fix-offset", help="With --sync-model: shift kept clips' audio by the measured offset (mel recomputed)."),
+    tracks: Optional[TracksMode] = typer.Option(None, "--tracks", help="dominant: one face track per file (pre-cropped corpora); all: every face track of at least --min-track frames, one sample each (KEY-s<scene>t<track>); speaker: the track SyncNet (--sync-model) finds speaking in each scene [default: speaker with --sync-model, else the corpus's: all for folder, dominant for the others]."),
+    scenes: Optional[bool] = typer.Option(None, "--scenes/--no-scenes", help="Split at shot changes (PySceneDetect ContentDetector, threshold 27) before tracking; no track crosses a cut [default: on for folder and hdtf, off for the single-shot corpora]."),
+    min_track: int = typer.Option(PrepOptions.min_track, "--min-track", min=1, help="--tracks all|speaker: drop face tracks shorter than this, 25 fps frames (2 s, as LatentSync)."),
+    min_face_px: float = typer.Option(PrepOptions.min_face_px, "--min-face-px", min=0.0, help="--tracks all|speaker: drop tracks whose median face box is smaller, source pixels (small_face)."),
+    min_sharpness: float = typer.Option(PrepOptions.min_sharpness, "--min-sharpness", min=0.0, help="--tracks all|speaker: drop tracks whose crops' median variance of the Laplacian is lower (blurry)."),
+    max_interpolated: float = typer.Option(PrepOptions.max_interpolated, "--max-interpolated", min=0.0, max=1.0, help="--tracks all|speaker: drop tracks with a larger share of examined frames without their own detection (interpolated)."),
+    max_seconds: Optional[float] = typer.Option(None, "--max-seconds", min=0.04, help="--tracks all|speaker: split longer tracks into consecutive samples, at the quietest frame of the last quarter before the limit."),
     fail_fast: bool = typer.Option(False, "--fail-fast", help="Stop at the first unexpected error instead of recording it (debugging)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar or summary table."),
 ) -> None:
@@ -62,9 +75,11 @@ COMMON_PARAMETERS = keyword_parameters(_common_options)
 Recipe = Callable[..., tuple[dict, str]]
 
 
-def prep_command(command_name: str) -> Callable[[Recipe], Recipe]:
+def prep_command(command_name: str, tracks: str = "dominant", scenes: bool = False) -> Callable[[Recipe], Recipe]:
     """Register a corpus command: the decorated function takes the corpus's own options and
-    returns ``(clips_by_split, default_dataset_name)``; the shared options and the run are added."""
+    returns ``(clips_by_split, default_dataset_name)``; the shared options and the run are added.
+    ``tracks`` / ``scenes``: the corpus's ``--tracks`` / ``--scenes`` defaults (``--tracks``
+    becomes ``speaker`` when ``--sync-model`` is given)."""
 
     def decorator(recipe: Recipe) -> Recipe:
         own = keyword_parameters(recipe)
@@ -72,6 +87,10 @@ def prep_command(command_name: str) -> Callable[[Recipe], Recipe]:
 
         def command(**options) -> None:
             common = {k: options.pop(k) for k in list(options) if k in common_names}
+            if common["tracks"] is None:
+                common["tracks"] = "speaker" if common["sync_model"] is not None else tracks
+            if common["scenes"] is None:
+                common["scenes"] = scenes
             try:
                 clips, default_name = recipe(**options)
             except (FileNotFoundError, ValueError) as error:
@@ -104,7 +123,7 @@ def share_option(split: str, default: float, of: str, more: str = "") -> typer.m
     return typer.Option(default, f"--{split}", help=f"Share of {of} in the {split} split (speaker-hashed{more}).")
 
 
-@prep_command("folder")
+@prep_command("folder", tracks="all", scenes=True)
 def folder(
     root: Path = typer.Option(..., "--root", help="Folder of videos (mp4 avi mkv mov webm), searched recursively; speaker = parent folder name."),
     val: float = share_option("val", 0.05, "speakers", "; by clip when too few speakers leave it empty"),
@@ -163,7 +182,7 @@ def lrw(
     return clips, LRW_DATASET
 
 
-@prep_command("hdtf")
+@prep_command("hdtf", scenes=True)
 def hdtf(
     root: Path = typer.Option(..., "--root", help="Folder of downloaded HDTF videos (mp4 mkv webm mov), searched recursively by video name."),
     annotations: Path = typer.Option(..., "--annotations", help="HDTF_dataset folder of github.com/MRzzm/HDTF (<GROUP>_annotion_time.txt, <GROUP>_crop_wh.txt, ...)."),

@@ -92,7 +92,7 @@ def histogram_image(manifest: "pd.DataFrame", width: int) -> np.ndarray:
     import matplotlib.pyplot as plt
 
     ok = manifest[manifest.status == "ok"]
-    failed = manifest[manifest.status != "ok"]
+    failed = manifest[manifest.status == "failed"]  # not the "source" rows of tracked clips
     dpi = 100
     figure, axes = plt.subplots(1, 3, figsize=(width / dpi, 2.6), dpi=dpi)
     axes[0].hist(ok["duration_s"].dropna(), bins=30, color="#3b7dd8")
@@ -133,7 +133,7 @@ def inspect_dataset(dataset: str | Path, png: str | Path, samples: int = 8, fram
 
     manifest = pd.read_parquet(manifest_path)
     by_status = manifest.groupby(["split", "status"]).agg(clips=("key", "size"), hours=("duration_s", lambda s: s.sum() / 3600))
-    failures = manifest[manifest.status != "ok"].groupby("reason").size().rename("failed clips")
+    failures = manifest[manifest.status == "failed"].groupby("reason").size().rename("failed clips")
     return Inspection(sheet, by_status, failures)
 
 
@@ -154,11 +154,11 @@ def manifest_stats(dataset: str | Path) -> ManifestStats:
     if not manifest_path.is_file():
         raise FileNotFoundError(f"{manifest_path} is missing (not a cals-prep output, or the run never finished)")
     manifest = pd.read_parquet(manifest_path)
-    ok = manifest.status == "ok"
-    table = manifest.assign(ok=ok, failed=~ok, hours=manifest["duration_s"].where(ok, 0.0) / 3600, frames=manifest["num_frames"].where(ok, 0))
+    ok, failed = manifest.status == "ok", manifest.status == "failed"  # "source" rows: neither
+    table = manifest.assign(ok=ok, failed=failed, hours=manifest["duration_s"].where(ok, 0.0) / 3600, frames=manifest["num_frames"].where(ok, 0))
     summary = table.groupby("split").agg(
         clips_ok=("ok", "sum"), clips_failed=("failed", "sum"), hours=("hours", "sum"),
         speakers=("speaker", "nunique"), frames=("frames", "sum"),
     )
-    summary.loc["all"] = [ok.sum(), (~ok).sum(), summary["hours"].sum(), manifest["speaker"].nunique(), summary["frames"].sum()]
-    return ManifestStats(summary, manifest[~ok]["reason"].value_counts())
+    summary.loc["all"] = [ok.sum(), failed.sum(), summary["hours"].sum(), manifest["speaker"].nunique(), summary["frames"].sum()]
+    return ManifestStats(summary, manifest[failed]["reason"].value_counts())

@@ -2,6 +2,13 @@
 
 A recipe returns :class:`ClipSource` records; the run writes one manifest row per source clip,
 ok or failed, with :data:`MANIFEST_SCHEMA`. Readable with pandas, pyarrow or duckdb.
+
+With ``--tracks all|speaker`` (or scenes cutting a dominant clip in several samples) a source
+clip gives one row per sample (``status`` ok, ``source_key`` the clip's key), one per track
+dropped by a filter (``status`` failed, its reason), and the source row (``status`` source, key =
+the clip's key: scenes and tracks found, kept and dropped). Those columns are
+:data:`TRACK_COLUMNS`; a file where all of them are null (a dominant run) is written without
+them, so it keeps its bytes, and :func:`read_rows` gives them as null.
 """
 
 from __future__ import annotations
@@ -98,10 +105,31 @@ MANIFEST_SCHEMA = pa.schema(
     ]
 )
 
+#: Row status of a tracked clip's source row (its samples are "ok", its dropped tracks "failed").
+SOURCE_STATUS = "source"
+
+#: Columns of tracked clips (:mod:`pipeline.prepare_tracks`); null on the rows of a dominant run.
+TRACK_COLUMNS = (
+    ("source_key", pa.string()),  # sample / dropped-track rows: the source clip's key
+    ("scene", pa.int64()),  # scene index in the clip
+    ("track", pa.int64()),  # track index in its scene
+    ("part", pa.int64()),  # piece of a track split by --max-seconds (0 when not split)
+    ("first_frame", pa.int64()),  # the sample's first 25 fps frame in the clip (its window)
+    ("face_px", pa.float64()),  # median larger side of the track's detection boxes, source pixels
+    ("sharpness", pa.float64()),  # median variance of the Laplacian of its grey crops
+    ("interpolated_share", pa.float64()),  # share of examined frames without an own detection
+    ("track_sync_conf", pa.float64()),  # --tracks speaker: SyncNet confidence of the track vs its audio
+    ("scenes", pa.int64()),  # source row: scenes found
+    ("tracks_found", pa.int64()),  # source row: face tracks found (any length)
+    ("tracks_kept", pa.int64()),  # source row: samples written
+    ("tracks_dropped", pa.string()),  # source row: "reason: count, ..." of the tracks not kept
+)
+FULL_SCHEMA = pa.schema([*MANIFEST_SCHEMA, *(pa.field(name, kind) for name, kind in TRACK_COLUMNS)])
+
 
 def manifest_row(source: ClipSource, **fields: Any) -> dict[str, Any]:
     """A manifest row for ``source`` with every schema column (missing ones null)."""
-    row = {name: None for name in MANIFEST_SCHEMA.names}
+    row = {name: None for name in FULL_SCHEMA.names}
     row.update(key=source.key, **source.provenance())
     unknown = set(fields) - set(row)
     if unknown:
@@ -113,14 +141,17 @@ def manifest_row(source: ClipSource, **fields: Any) -> dict[str, Any]:
 def write_parquet(rows: Iterable[dict[str, Any]], path: Path, metadata: Optional[dict[str, str]] = None) -> None:
     """Write rows with :data:`MANIFEST_SCHEMA` (plus key/value ``metadata``) to ``path`` as is
     (callers publish it atomically: :meth:`pipeline.storage.Storage.staged` or
-    :func:`cals.atomic.atomic_write`)."""
-    schema = MANIFEST_SCHEMA.with_metadata({k.encode(): v.encode() for k, v in (metadata or {}).items()})
-    pq.write_table(pa.Table.from_pylist(list(rows), schema=schema), path)
+    :func:`cals.atomic.atomic_write`). :data:`TRACK_COLUMNS` are written when a row fills one."""
+    rows = list(rows)
+    tracked = any(row.get(name) is not None for row in rows for name, _ in TRACK_COLUMNS)
+    schema = (FULL_SCHEMA if tracked else MANIFEST_SCHEMA).with_metadata({k.encode(): v.encode() for k, v in (metadata or {}).items()})
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
 
 
 def read_rows(source: "Path | BinaryIO") -> list[dict[str, Any]]:
-    """The rows of a manifest (or manifest part): a path or a binary file object."""
-    return pq.read_table(source, schema=MANIFEST_SCHEMA).to_pylist()
+    """The rows of a manifest (or manifest part): a path or a binary file object; every column of
+    :data:`FULL_SCHEMA` (track columns null in a file written without them)."""
+    return pq.read_table(source, schema=FULL_SCHEMA).to_pylist()
 
 
 def read_metadata(source: "Path | BinaryIO") -> dict[str, str]:

@@ -21,6 +21,7 @@ from cals.layout import MANIFEST_FILE
 from pipeline.manifest import ClipSource
 from pipeline.prepare_clip import PrepParams
 from pipeline.stages.crop import CropParams
+from pipeline.stages.quality import QualityParams
 from pipeline.stages.track import TrackParams
 
 if TYPE_CHECKING:
@@ -68,12 +69,33 @@ class PrepOptions:
     max_offset: int = SYNC_MAX_OFFSET
     min_conf: float = SYNC_MIN_CONF
     fix_offset: bool = False
+    tracks: str = PrepParams.tracks
+    scenes: bool = PrepParams.scenes
+    min_track: int = PrepParams.min_track
+    min_face_px: float = QualityParams.min_face_px
+    min_sharpness: float = QualityParams.min_sharpness
+    max_interpolated: float = QualityParams.max_interpolated
+    max_seconds: Optional[float] = None
     fail_fast: bool = False
     quiet: bool = False
 
     def prep_params(self) -> PrepParams:
-        """The parameters that decide each sample's bytes (ValueError on a bad value)."""
+        """The parameters that decide each sample's bytes (ValueError on a bad value; a
+        ``--tracks speaker`` model is recorded by path and SHA-256)."""
+        speaker = self.tracks == "speaker"
+        if speaker and self.sync_model is None:
+            raise ValueError("--tracks speaker needs --sync-model (a syncnet_v2.model file)")
+        if speaker and not Path(self.sync_model).is_file():
+            raise ValueError(f"--sync-model {self.sync_model} is not a file (syncnet_python's download_model.sh fetches syncnet_v2.model)")
         return PrepParams(
+            tracks=self.tracks,
+            scenes=self.scenes,
+            min_track=self.min_track,
+            quality=QualityParams(min_face_px=self.min_face_px, min_sharpness=self.min_sharpness, max_interpolated=self.max_interpolated),
+            sync_model=str(Path(self.sync_model).resolve()) if speaker else None,
+            sync_digest=_sha256(self.sync_model) if speaker else None,
+            min_conf=self.min_conf if speaker else PrepParams.min_conf,
+            max_seconds=self.max_seconds,
             detector=self.detector,
             mediapipe_model=self.mediapipe_model,
             detect_every=self.detect_every,
@@ -84,6 +106,12 @@ class PrepOptions:
             track=TrackParams(smooth_frames=self.smooth_frames),
             crop=CropParams(margin=self.crop_margin),
         )
+
+
+def _sha256(path: Path) -> str:
+    from cals.models.lip_units import file_sha256  # imports torch: only for --tracks speaker
+
+    return file_sha256(path)
 
 
 @dataclass(frozen=True)
@@ -163,6 +191,13 @@ def prepare_dataset(
         raise PrepJobError(str(error)) from error
     if not any(clips.values()):
         raise PrepJobError("no clips to prepare (empty corpus, or --limit/--speakers selected none)")
+    if params.tracks == "speaker":
+        from cals.models.syncnet_v2 import load_syncnet_v2
+
+        try:
+            load_syncnet_v2(params.sync_model, "cpu")
+        except (FileNotFoundError, ValueError) as error:
+            raise PrepJobError(str(error)) from error
     if params.detector == "sfd":
         from pipeline.stages.detect import SfdDetector
 

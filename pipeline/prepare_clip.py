@@ -19,11 +19,11 @@ Memory holds the encoded crops and the audio, never the decoded video.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import numpy as np
 
-from cals.constants import AUDIO_SAMPLES_PER_FRAME, FPS, LIP_TOP_SAMPLES, MASK_TOP_ROW, UPPER_LIP_TOP_LANDMARKS
+from cals.constants import AUDIO_SAMPLES_PER_FRAME, FPS, LIP_TOP_SAMPLES, MASK_TOP_ROW, SYNC_MIN_CONF, UPPER_LIP_TOP_LANDMARKS
 from cals.mel import MEL_PARAMS, log_mel
 from cals.metrics import LIP_LANDMARKS, MouthLandmarker
 from cals.shard_format import JPEG_QUALITY_DEFAULT, decode_frames, encode_frames, pack_sample
@@ -34,15 +34,34 @@ from pipeline.manifest import ClipSource
 from pipeline.stages.crop import CropParams
 from pipeline.stages.detect import Detector
 from pipeline.stages.face import face_track
+from pipeline.stages.quality import QualityParams
+from pipeline.stages.scenes import SceneParams
 from pipeline.stages.track import TrackParams
 
 #: A decode shorter than this share of the promised frames is reported as truncated.
 TRUNCATION_RATIO = 0.9
 
+#: ``--tracks``: one dominant track per clip (the pre-cropped corpora), every track, the speakers.
+TRACK_MODES = ("dominant", "all", "speaker")
+#: ``--min-track`` default, 25 fps frames: 2 s, as LatentSync's data pipeline (syncnet_python
+#: keeps tracks of more than 100 detections for scoring whole videos; 2 s is already 10 of
+#: SyncNet's 5-frame windows either side of the ±15 offset search and 4 of the trainers' windows).
+MIN_TRACK_FRAMES = 50
+#: PrepParams fields of the scene/track steps; left out of :meth:`PrepParams.to_dict` while at
+#: their defaults, so a dominant run without scenes keeps the digest (and prep.json) it had.
+TRACK_FIELDS = ("tracks", "scenes", "scene", "min_track", "quality", "sync_model", "sync_digest", "min_conf", "max_seconds")
+
 
 @dataclass(frozen=True)
 class PrepParams:
-    """Everything that decides a sample's bytes (written to prep.json)."""
+    """Everything that decides a sample's bytes (written to prep.json).
+
+    The scene/track fields (:data:`TRACK_FIELDS`, see :mod:`pipeline.prepare_tracks`):
+    ``tracks`` one of :data:`TRACK_MODES`; ``scenes`` split at shot changes (``scene``: the
+    detector's settings); ``min_track`` frames a kept track needs at least; ``quality`` the track
+    filters; ``sync_model`` / ``sync_digest`` / ``min_conf`` the SyncNet v2 file (path, SHA-256)
+    and confidence of ``--tracks speaker``; ``max_seconds`` longest sample (None: no limit).
+    """
 
     detector: str = "mediapipe"
     mediapipe_model: str = "short"
@@ -53,22 +72,50 @@ class PrepParams:
     jpeg_quality: int = JPEG_QUALITY_DEFAULT
     track: TrackParams = field(default_factory=TrackParams)
     crop: CropParams = field(default_factory=CropParams)
+    tracks: str = "dominant"
+    scenes: bool = False
+    scene: SceneParams = field(default_factory=SceneParams)
+    min_track: int = MIN_TRACK_FRAMES
+    quality: QualityParams = field(default_factory=QualityParams)
+    sync_model: Optional[str] = None
+    sync_digest: Optional[str] = None
+    min_conf: float = SYNC_MIN_CONF
+    max_seconds: Optional[float] = None
 
     def __post_init__(self) -> None:
         if self.detect_every < 1:
             raise ValueError(f"detect_every must be >= 1, got {self.detect_every}")
         if not 90 <= self.jpeg_quality <= 100:
             raise ValueError(f"jpeg_quality must be in 90..100, got {self.jpeg_quality}")
+        if self.tracks not in TRACK_MODES:
+            raise ValueError(f"--tracks must be one of {', '.join(TRACK_MODES)}, got {self.tracks!r}")
+        if self.tracks == "speaker" and not self.sync_model:
+            raise ValueError("--tracks speaker needs --sync-model (a syncnet_v2.model file)")
+        if self.min_track < 1:
+            raise ValueError(f"--min-track must be >= 1, got {self.min_track}")
+        if self.max_seconds is not None and self.max_seconds * FPS < self.min_frames:
+            raise ValueError(f"--max-seconds {self.max_seconds:g} is shorter than --min-frames {self.min_frames} frames")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        defaults = asdict(PrepParams())
+        return {k: v for k, v in data.items() if k not in TRACK_FIELDS or v != defaults[k]}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "PrepParams":
         data = dict(data)
         data["track"] = TrackParams(**data["track"])
         data["crop"] = CropParams(**data["crop"])
+        if "scene" in data:
+            data["scene"] = SceneParams(**data["scene"])
+        if "quality" in data:
+            data["quality"] = QualityParams(**data["quality"])
         return cls(**data)
+
+    @property
+    def legacy(self) -> bool:
+        """One dominant track per clip, no scene split: today's one sample per clip."""
+        return self.tracks == "dominant" and not self.scenes
 
 
 def fit_audio(audio: np.ndarray, num_frames: int) -> tuple[np.ndarray, int]:
@@ -141,13 +188,16 @@ class ClipFaces:
 
 
 def clip_faces(
-    info: MediaInfo, window: Window, detector: Detector, params: PrepParams, keep: Callable[[np.ndarray], Any]
+    info: MediaInfo, window: Window, detector: Detector, params: PrepParams, keep: Callable[[np.ndarray], Any],
+    frames: Optional[Iterable[np.ndarray]] = None,
 ) -> ClipFaces:
-    """Face step: stream the window's frames through :func:`pipeline.stages.face.face_track` and
-    keep ``keep(crop)`` of every ``(128, 128, 3)`` uint8 crop, never the decoded frames."""
+    """Face step: stream the window's frames (or ``frames``, some of them: one scene) through
+    :func:`pipeline.stages.face.face_track` and keep ``keep(crop)`` of every ``(128, 128, 3)``
+    uint8 crop, never the decoded frames."""
     offset_x, offset_y = (window.crop[0], window.crop[1]) if window.crop else (0, 0)
     faces = ClipFaces()
-    frames = iter_frames(info, window)
+    if frames is None:
+        frames = iter_frames(info, window)
     for face in face_track(frames, detector, params.track, params.crop, params.detect_every):
         x0, y0, x1, y1 = face.square
         faces.crops.append(keep(face.crop))
@@ -221,10 +271,12 @@ def measure_lip_top(encoded: list[bytes], samples: int = LIP_TOP_SAMPLES) -> Lip
 
 
 def encode_clip(
-    source: ClipSource, info: MediaInfo, audio: np.ndarray, faces: ClipFaces, detector_name: str, params: PrepParams, lip_top: LipTop
+    source: ClipSource, info: MediaInfo, audio: np.ndarray, faces: ClipFaces, detector_name: str, params: PrepParams, lip_top: LipTop,
+    track: Optional[dict[str, Any]] = None,
 ) -> ClipResult:
     """Encode step: audio fit to 640·T samples, its log-mel, the manifest fields and the packed
-    sample (``faces.crops`` are the encoded frames; ``lip_top`` from :func:`measure_lip_top`)."""
+    sample (``faces.crops`` are the encoded frames; ``lip_top`` from :func:`measure_lip_top`;
+    ``track``: the ``json.track`` record of a tracked sample, see :mod:`pipeline.prepare_tracks`)."""
     num_frames, detected, examined = faces.num_frames, faces.detected, faces.examined
     audio, pad = fit_audio(audio, num_frames)
     mel = log_mel(audio, MEL_PARAMS)
@@ -265,6 +317,8 @@ def encode_clip(
         track_params=asdict(params.track),
         lip_top=lip_top.to_dict(),
     )
+    if track is not None:
+        meta["track"] = track
     sample = pack_sample(
         source.key,
         faces.crops,

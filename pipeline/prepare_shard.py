@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -22,8 +22,9 @@ from cals.atomic import PUBLISH_LOCK
 from cals.errors import NoSpaceError, is_no_space
 from cals.layout import marker_name, part_name, tar_name
 from pipeline.errors import ClipError
-from pipeline.manifest import ClipSource, manifest_row, write_parquet
-from pipeline.prepare_clip import PrepParams, process_clip
+from pipeline.manifest import SOURCE_STATUS, ClipSource, manifest_row, write_parquet
+from pipeline.prepare_clip import PrepParams
+from pipeline.prepare_tracks import SourceResult, process_source
 from pipeline.resume import DIGEST_KEY, clips_digest
 from pipeline.stages.detect import Detector, make_detector
 from pipeline.storage import Storage, open_storage
@@ -86,8 +87,13 @@ def prepare_shard(
     if detector is None:
         detector = make_detector(params.detector, params.mediapipe_model)
     rows, written = [], 0
+    sync_model = None
+    if params.tracks == "speaker":
+        from cals.models.syncnet_v2 import load_syncnet_v2
+
+        sync_model = load_syncnet_v2(params.sync_model, "cpu")
     try:
-        written = _write_tar(plan, storage, tmp_tar, params, detector, rows, progress, fail_fast, skip)
+        written = _write_tar(plan, storage, tmp_tar, params, detector, rows, progress, fail_fast, skip, sync_model)
     except BaseException as error:
         tmp_tar.unlink(missing_ok=True)
         if is_no_space(error):
@@ -125,7 +131,7 @@ def _remove_shard(storage: Storage, shard: str, tmp_tar: Path) -> None:
 
 
 def _write_tar(plan: ShardPlan, storage: Storage, tmp_tar: Path, params: PrepParams, detector: Detector, rows: list[dict[str, Any]],
-               progress: Optional[ProgressFn], fail_fast: bool, skip: Optional[dict[str, tuple[str, str]]]) -> int:
+               progress: Optional[ProgressFn], fail_fast: bool, skip: Optional[dict[str, tuple[str, str]]], sync_model: Any = None) -> int:
     """Process the clips into the local file ``tmp_tar``, appending their rows to ``rows``;
     return the count of samples written. A full disk propagates (``OSError``), whatever step hit it."""
     final_tar = tar_name(plan.name)
@@ -138,8 +144,9 @@ def _write_tar(plan: ShardPlan, storage: Storage, tmp_tar: Path, params: PrepPar
                 rows.append(manifest_row(clip, status="failed", reason=reason, detail=detail))
                 continue
             storage.write_text(marker, clip.key)
+            rows_before = len(rows)
             try:
-                result = process_clip(clip, params, detector)
+                result = process_source(clip, params, detector, sync_model)
             except ClipError as error:
                 rows.append(manifest_row(clip, status="failed", reason=error.reason, detail=error.detail[:500]))
             except Exception as error:  # noqa: BLE001 - one clip never kills its shard
@@ -150,10 +157,27 @@ def _write_tar(plan: ShardPlan, storage: Storage, tmp_tar: Path, params: PrepPar
                 log.warning("clip %s failed unexpectedly: %s", clip.path, detail)
                 rows.append(manifest_row(clip, status="failed", reason="internal_error", detail=detail[:500]))
             else:
-                tar.write(result.sample)
-                written += 1
-                rows.append(manifest_row(clip, status="ok", shard=final_tar, **result.fields))
+                written += _write_source(tar, clip, result, final_tar, rows)
             if progress:
-                last = rows[-1]
-                progress(1, last["num_frames"] or 0, int(last["status"] != "ok"))
+                added = rows[rows_before:]
+                frames = sum(r["num_frames"] or 0 for r in added if r["status"] == "ok")
+                progress(1, frames, int(not any(r["status"] == "ok" for r in added)))
     return written
+
+
+def _write_source(tar: wds.TarWriter, clip: ClipSource, result: SourceResult, final_tar: str, rows: list[dict[str, Any]]) -> int:
+    """Write one clip's samples and append its rows (module :mod:`pipeline.prepare_tracks`):
+    the sample rows, the dropped tracks' rows and, for a tracked clip, its source row. Returns
+    the samples written."""
+    if result.source is None:  # one dominant sample keyed by the clip: the row as it always was
+        (_, sample, _), = result.samples
+        tar.write(sample.sample)
+        rows.append(manifest_row(clip, status="ok", shard=final_tar, **sample.fields))
+        return 1
+    rows.append(manifest_row(clip, status=SOURCE_STATUS, **result.source))
+    for key, sample, columns in result.samples:
+        tar.write(sample.sample)
+        rows.append(manifest_row(replace(clip, key=key), status="ok", shard=final_tar, **sample.fields, **columns))
+    for key, reason, detail, columns in result.dropped:
+        rows.append(manifest_row(replace(clip, key=key), status="failed", reason=reason, detail=detail, **columns))
+    return len(result.samples)

@@ -48,7 +48,7 @@ def shard_is_complete(storage: Storage, shard: str, clips: Sequence[ClipSource],
     if data is None or read_metadata(io.BytesIO(data)).get(DIGEST_KEY) != clips_digest(clips, params):
         return False
     rows = read_rows(io.BytesIO(data))
-    if [r["key"] for r in rows] != [c.key for c in clips]:
+    if [r["key"] for r in rows if r["source_key"] is None] != [c.key for c in clips]:  # one row per clip, plus its tracks' rows
         return False
     has_ok = any(r["status"] == "ok" for r in rows)
     return not has_ok or storage.exists(tar_name(shard))

@@ -326,7 +326,7 @@ def run_prep(
         plan_s=plan_s,
         ray_start_s=ray_start_s,
         process_s=process_s,
-        failures=Counter(r["reason"] for r in rows if r["status"] != "ok"),
+        failures=Counter(r["reason"] for r in rows if r["status"] == "failed"),
     )
     prep_info["summary"] = {
         "clips_ok": summary.ok,
