@@ -1,11 +1,41 @@
 """Corpus recipes: each walks a corpus and returns ``split → [ClipSource]``; none decodes or
-loads a model. :func:`select_clips` applies ``--limit`` and ``--speakers``."""
+loads a model. :func:`select_clips` applies ``--limit`` and ``--speakers``; :func:`corpus_root`,
+:func:`carve_val` and :func:`by_split` are steps the recipes share."""
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
 
 from pipeline.manifest import ClipSource
+from pipeline.recipes.folder import SPLITS, split_for_speaker
+
+
+def corpus_root(corpus_dir: str | Path) -> Path:
+    """``corpus_dir`` (``~`` expanded) resolved; FileNotFoundError naming ``--root`` when it is
+    not a folder."""
+    root = Path(corpus_dir).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"--root {root} is not a folder")
+    return root.resolve()
+
+
+def carve_val(official: str, speaker: str, val: float) -> str:
+    """The split of a clip of the ``official`` split: a ``train`` clip whose speaker's stable
+    hash falls in the first ``val`` share goes to ``val`` (how corpora without an official val
+    set get one that is speaker-disjoint from train); other splits stay as they are."""
+    return split_for_speaker(speaker, val, 0.0) if official == "train" else official
+
+
+def by_split(clips: Iterable[ClipSource]) -> dict[str, list[ClipSource]]:
+    """``{split: clips sorted by key}`` for every split of :data:`~pipeline.recipes.folder.SPLITS`
+    (empty ones too); ValueError for a clip of another split."""
+    grouped: dict[str, list[ClipSource]] = {split: [] for split in SPLITS}
+    for clip in clips:
+        if clip.split not in grouped:
+            raise ValueError(f"clip {clip.key} has split {clip.split!r}, not one of {', '.join(SPLITS)}")
+        grouped[clip.split].append(clip)
+    return {split: sorted(found, key=lambda c: c.key) for split, found in grouped.items()}
 
 
 def select_clips(

@@ -126,6 +126,16 @@ def parse_transcript(path: Path) -> tuple[Optional[str], Optional[list[list[Any]
     return transcript, words
 
 
+def read_transcript_beside(video: Path) -> tuple[Optional[str], Optional[list[list[Any]]]]:
+    """:func:`parse_transcript` of the ``.txt`` beside ``video`` (LRS2 and LRS3 share the
+    format); ``(None, None)``, logged by path, when there is none."""
+    text_file = video.with_suffix(TRANSCRIPT_SUFFIX)
+    if text_file.is_file():
+        return parse_transcript(text_file)
+    log.warning("%s is missing; clip kept without a transcript", text_file)
+    return None, None
+
+
 def prepare_lrs2(corpus_dir: str | Path, *, subset: str = MAIN_SUBSET) -> dict[str, list[ClipSource]]:
     """Describe the LRS2 clips of ``subset`` (``main``, ``pretrain`` or ``all``).
 
@@ -174,12 +184,7 @@ def prepare_lrs2(corpus_dir: str | Path, *, subset: str = MAIN_SUBSET) -> dict[s
             if not video.is_file():
                 log.warning("%s is listed but missing; skipped", video)
                 continue
-            text_file = video.with_suffix(TRANSCRIPT_SUFFIX)
-            transcript, words = None, None
-            if text_file.is_file():
-                transcript, words = parse_transcript(text_file)
-            else:
-                log.warning("%s is missing; clip kept without a transcript", text_file)
+            transcript, words = read_transcript_beside(video)
             extra: dict[str, Any] = {"subset": folder, "lrs2_id": clip_id}
             if words is not None:
                 extra["words"] = words

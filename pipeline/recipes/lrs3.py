@@ -42,8 +42,9 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.manifest import ClipSource
-from pipeline.recipes.folder import SPLITS, make_key, split_for_speaker
-from pipeline.recipes.lrs2 import TRANSCRIPT_SUFFIX, VIDEO_SUFFIX, parse_transcript
+from pipeline.recipes import by_split, carve_val, corpus_root
+from pipeline.recipes.folder import make_key, split_for_speaker
+from pipeline.recipes.lrs2 import TRANSCRIPT_SUFFIX, VIDEO_SUFFIX, read_transcript_beside
 
 log = logging.getLogger(__name__)
 
@@ -130,44 +131,31 @@ def prepare_lrs3(
             folder has transcripts but no videos. ValueError: an unknown ``subset``, a bad ``val``.
     """
     split_for_speaker("", val, 0.0)  # validate the share before walking anything
-    root = Path(corpus_dir).expanduser()
-    if not root.is_dir():
-        raise FileNotFoundError(f"--root {root} is not a folder")
-    root = root.resolve()
-    clips: dict[str, list[ClipSource]] = {split: [] for split in SPLITS}
+    root = corpus_root(corpus_dir)
+    found = []
     for folder in _clip_folders(root, subset):
         videos, orphans = _walk(folder)
         if orphans:
             log.warning("%s: %d .txt files have no %s beside them; skipped", folder, orphans, VIDEO_SUFFIX)
         for video in videos:
             speaker = video.parent.name
-            split = FOLDER_SPLIT[folder.name]
-            if split == "train":
-                split = split_for_speaker(speaker, val, 0.0)
-            text_file = video.with_suffix(TRANSCRIPT_SUFFIX)
-            transcript, words = None, None
-            if text_file.is_file():
-                transcript, words = parse_transcript(text_file)
-            else:
-                log.warning("%s is missing; clip kept without a transcript", text_file)
-            clip_id = f"{speaker}/{video.stem}"
-            extra: dict[str, Any] = {"subset": folder.name, "lrs3_id": clip_id}
+            transcript, words = read_transcript_beside(video)
+            extra: dict[str, Any] = {"subset": folder.name, "lrs3_id": f"{speaker}/{video.stem}"}
             if words is not None:
                 extra["words"] = words
-            clips[split].append(
+            found.append(
                 ClipSource(
                     key=make_key(video.relative_to(root).as_posix()),
                     path=str(video),
                     dataset=LRS3_DATASET,
-                    split=split,
+                    split=carve_val(FOLDER_SPLIT[folder.name], speaker, val),
                     speaker=speaker,
                     transcript=transcript,
                     extra=extra,
                 )
             )
+    clips = by_split(found)
     _warn_test_overlap(clips)
-    for split in clips:
-        clips[split].sort(key=lambda c: c.key)
     return clips
 
 

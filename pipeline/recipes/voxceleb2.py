@@ -28,7 +28,8 @@ import re
 from pathlib import Path
 
 from pipeline.manifest import ClipSource
-from pipeline.recipes.folder import SPLITS, make_key, split_for_speaker
+from pipeline.recipes import by_split, carve_val, corpus_root
+from pipeline.recipes.folder import make_key, split_for_speaker
 
 log = logging.getLogger(__name__)
 
@@ -93,11 +94,8 @@ def prepare_voxceleb2(
             is missing. ValueError: an unknown ``subset``, a bad ``val``.
     """
     split_for_speaker("", val, 0.0)  # validate the share before walking anything
-    root = Path(corpus_dir).expanduser()
-    if not root.is_dir():
-        raise FileNotFoundError(f"--root {root} is not a folder")
-    root = root.resolve()
-    clips: dict[str, list[ClipSource]] = {split: [] for split in SPLITS}
+    root = corpus_root(corpus_dir)
+    found = []
     for part, videos in _video_folders(root, subset):
         for video in sorted(videos.rglob(f"*{VIDEO_SUFFIX}")):
             parts = video.relative_to(videos).parts
@@ -110,15 +108,12 @@ def prepare_voxceleb2(
             if SPEAKER_ID.fullmatch(speaker) is None:
                 log.warning("%s: speaker folder %r is not id + digits; skipped", video, speaker)
                 continue
-            split = PART_SPLIT[part]
-            if split == "train":
-                split = split_for_speaker(speaker, val, 0.0)
-            clips[split].append(
+            found.append(
                 ClipSource(
                     key=make_key(video.relative_to(root).as_posix()),
                     path=str(video),
                     dataset=VOX2_DATASET,
-                    split=split,
+                    split=carve_val(PART_SPLIT[part], speaker, val),
                     speaker=speaker,
                     extra={
                         "subset": part,
@@ -127,6 +122,4 @@ def prepare_voxceleb2(
                     },
                 )
             )
-    for split in clips:
-        clips[split].sort(key=lambda c: c.key)
-    return clips
+    return by_split(found)
