@@ -108,6 +108,13 @@ def prep_command(command_name: str, tracks: str = "dominant", scenes: bool = Fal
     return decorator
 
 
+def some_clips(clips: dict, nothing: str) -> dict:
+    """A recipe's ``clips``, or FileNotFoundError(``nothing``) when every split is empty."""
+    if not any(clips.values()):
+        raise FileNotFoundError(nothing)
+    return clips
+
+
 def subset_choices(name: str, choices: tuple[str, ...]) -> type[Enum]:
     """A ``--subset`` choice type from a recipe's ``SUBSET_CHOICES`` (one list of names)."""
     return Enum(name, {choice: choice for choice in choices}, type=str)
@@ -135,9 +142,7 @@ def folder(
     if not root.is_dir():
         raise FileNotFoundError(f"--root {root} does not exist or is not a folder")
     clips = prepare_folder(root, val=val, test=test)
-    if not any(clips.values()):
-        raise FileNotFoundError(f"no video files (.mp4 .avi .mkv .mov .webm) under {root}")
-    return clips, root.resolve().name
+    return some_clips(clips, f"no video files (.mp4 .avi .mkv .mov .webm) under {root}"), root.resolve().name
 
 
 @prep_command("lrs2")
@@ -149,9 +154,7 @@ def lrs2(
     from pipeline.recipes.lrs2 import LRS2_DATASET, prepare_lrs2
 
     clips = prepare_lrs2(root, subset=subset.value)
-    if not any(clips.values()):
-        raise FileNotFoundError(f"no listed LRS2 clip of --subset {subset.value} found under {root} (see the warnings above)")
-    return clips, LRS2_DATASET
+    return some_clips(clips, f"no listed LRS2 clip of --subset {subset.value} found under {root} (see the warnings above)"), LRS2_DATASET
 
 
 @prep_command("lrs3")
@@ -164,9 +167,7 @@ def lrs3(
     from pipeline.recipes.lrs3 import LRS3_DATASET, prepare_lrs3
 
     clips = prepare_lrs3(root, subset=subset.value, val=val)
-    if not any(clips.values()):
-        raise FileNotFoundError(f"no LRS3 clip (<video_id>/<NNNNN>.mp4) of --subset {subset.value} found under {root} (see the warnings above)")
-    return clips, LRS3_DATASET
+    return some_clips(clips, f"no LRS3 clip (<video_id>/<NNNNN>.mp4) of --subset {subset.value} found under {root} (see the warnings above)"), LRS3_DATASET
 
 
 @prep_command("lrw")
@@ -177,9 +178,7 @@ def lrw(
     from pipeline.recipes.lrw import LRW_DATASET, prepare_lrw
 
     clips = prepare_lrw(root)
-    if not any(clips.values()):
-        raise FileNotFoundError(f"no LRW clips (<WORD>/{{train,val,test}}/<WORD>_NNNNN.mp4) under {root}")
-    return clips, LRW_DATASET
+    return some_clips(clips, f"no LRW clips (<WORD>/{{train,val,test}}/<WORD>_NNNNN.mp4) under {root}"), LRW_DATASET
 
 
 @prep_command("hdtf", scenes=True)
@@ -193,9 +192,7 @@ def hdtf(
     from pipeline.recipes.hdtf import HDTF_DATASET, prepare_hdtf
 
     clips = prepare_hdtf(root, annotations, val=val, test=test)
-    if not any(clips.values()):
-        raise FileNotFoundError(f"no annotated HDTF video with a crop found under {root} (see the warnings above)")
-    return clips, HDTF_DATASET
+    return some_clips(clips, f"no annotated HDTF video with a crop found under {root} (see the warnings above)"), HDTF_DATASET
 
 
 @prep_command("voxceleb2")
@@ -208,9 +205,7 @@ def voxceleb2(
     from pipeline.recipes.voxceleb2 import VOX2_DATASET, prepare_voxceleb2
 
     clips = prepare_voxceleb2(root, subset=subset.value, val=val)
-    if not any(clips.values()):
-        raise FileNotFoundError(f"no VoxCeleb2 clip (<idNNNNN>/<video>/<clip>.mp4) of --subset {subset.value} found under {root} (see the warnings above)")
-    return clips, VOX2_DATASET
+    return some_clips(clips, f"no VoxCeleb2 clip (<idNNNNN>/<video>/<clip>.mp4) of --subset {subset.value} found under {root} (see the warnings above)"), VOX2_DATASET
 
 
 @app.command()

@@ -139,3 +139,17 @@ def test_voxceleb2_prep_then_verify(tmp_path):
     kept = [(path, split) for path, split in FAKE_VOX2 if not path.endswith("21Uxsk56VDQ/00002.mp4")]
     assert got == {"/".join(path.split("/")[2:])[: -len(".mp4")]: (split, path.split("/")[2]) for path, split in kept}
     assert all(s.meta["dataset"] == "voxceleb2" and s.meta["transcript"] is None for s in samples)
+
+
+@pytest.mark.parametrize(
+    "command, folders, message",
+    [
+        ("lrs3", ["trainval/0Fi83BHQsMA", "test"], "no LRS3 clip (<video_id>/<NNNNN>.mp4) of --subset trainval"),
+        ("voxceleb2", ["dev/mp4/id00012", "test/mp4"], "no VoxCeleb2 clip (<idNNNNN>/<video>/<clip>.mp4) of --subset all"),
+    ],
+)
+def test_a_tree_without_clips_is_refused(tmp_path, command, folders, message):
+    for folder in folders:
+        (tmp_path / folder).mkdir(parents=True)
+    result = runner.invoke(app, [command, "--root", str(tmp_path), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
