@@ -71,6 +71,7 @@ def score(
     mediapipe_model: MediapipeModel = typer.Option(MediapipeModel.short, "--mediapipe-model", help="short: faces within ~2 m; full: small/distant faces."),
     protocol: Protocol = typer.Option(PROTOCOLS[0], "--protocol", help="shards: samples as stored (raw videos through cals-prep's chain); syncnet_python: syncnet_python's run_pipeline chain, one score per face track (HDTF-style tables); precropped: frames as they are, resized to 224 (Wav2Lip's LRS2/LRS3 tables)."),
     min_track: int = typer.Option(_DEFAULTS.min_track, "--min-track", min=1, help="syncnet_python: frames a scene and a face track must exceed (syncnet_python 100, LatentSync 50)."),
+    s3fd: Optional[Path] = typer.Option(None, "--s3fd", help="syncnet_python: detect with S3FD from this sfd_face.pth (syncnet_python's detector and weights file; a missing file's error says where to get it) instead of MediaPipe."),
     jpeg: bool = typer.Option(_DEFAULTS.jpeg, "--jpeg/--no-jpeg", help="syncnet_python: JPEG round trip of the crops at ffmpeg's default quality, as syncnet_python scores them."),
 ) -> None:
     """Score lip sync: per clip the AV offset (frames), LSE-D (min dist) and LSE-C (confidence)."""
@@ -81,7 +82,7 @@ def score(
         with err.status("scoring…"):
             report = score_path(path, model, json_out=json_out, csv_out=csv_out, vshift=vshift, batch_size=batch_size,
                                 device=device or str(resolve_device(None)), detector=detector.value, mediapipe_model=mediapipe_model.value,
-                                protocol=protocol.value, syncnet_python=replace(_DEFAULTS, min_track=min_track, jpeg=jpeg))
+                                protocol=protocol.value, syncnet_python=replace(_DEFAULTS, min_track=min_track, jpeg=jpeg), s3fd=s3fd)
     except ScoreSetupError as error:
         fail(str(error))
     _print_report(report)

@@ -8,9 +8,9 @@ chain).
 
 1. frames at 25 fps (our decoder, :func:`pipeline.io.iter_frames`), audio 16 kHz mono;
 2. face detection on each frame downscaled by ``facedet_scale`` (0.25, bilinear, as S3FD's
-   ``detect_faces``) keeping scores ≥ ``det_conf`` (0.9). The detector is our MediaPipe
-   FaceDetection with that downscale and threshold (S3FD with syncnet_python's
-   ``sfd_face.pth`` is not implemented yet: the report says which detector ran);
+   ``detect_faces``) keeping scores above ``det_conf`` (0.9). The detector is syncnet_python's
+   S3FD (:mod:`cals.models.s3fd`) when ``sfd_face.pth`` is given, else our MediaPipe
+   FaceDetection with that downscale and threshold (the report says which detector ran);
 3. scene split with PySceneDetect's ``ContentDetector`` at its defaults (threshold 27, 15-frame
    minimum scene), scene times mapped to 25 fps frame indices; scenes shorter than
    ``min_track`` frames are skipped;
@@ -250,12 +250,21 @@ class ScaledDetector:
         self.inner.close()
 
 
-def syncnet_python_detector(params: SyncnetPythonParams, mediapipe_model: str = "short") -> ScaledDetector:
-    """MediaPipe FaceDetection behind :class:`ScaledDetector` with syncnet_python's downscale and
-    threshold (MediaPipe's own threshold is set to the same ``det_conf``; it sees the already
-    downscaled frame, which it does not shrink again)."""
-    from pipeline.stages.detect import MediapipeDetector
+def syncnet_python_detector(params: SyncnetPythonParams, mediapipe_model: str = "short",
+                            s3fd: Optional[Path] = None, device: str = "cpu") -> Detector:
+    """The detector of step 2 (module docstring): syncnet_python's S3FD from ``s3fd``
+    (``sfd_face.pth``) at ``scales=[facedet_scale]``, ``conf_th=det_conf``; without it MediaPipe
+    FaceDetection behind :class:`ScaledDetector` with the same downscale and threshold
+    (MediaPipe's own threshold is set to the same ``det_conf``; it sees the already downscaled
+    frame, which it does not shrink again).
 
+    Raises:
+        FileNotFoundError / ValueError: ``s3fd`` missing or not syncnet_python's S3FD layout.
+    """
+    from pipeline.stages.detect import MediapipeDetector, SyncnetS3fdDetector
+
+    if s3fd is not None:
+        return SyncnetS3fdDetector(s3fd, conf_th=params.det_conf, scales=(params.facedet_scale,), device=device)
     inner = MediapipeDetector(model=mediapipe_model, min_confidence=params.det_conf, max_side=np.iinfo(np.int32).max)
     return ScaledDetector(inner, params.facedet_scale, params.det_conf)
 

@@ -30,6 +30,7 @@ import numpy as np
 from cals.atomic import atomic_write
 from cals.constants import SYNCNET_BATCH_SIZE, SYNCNET_VSHIFT
 from cals.layout import MANIFEST_FILE
+from cals.models.lip_units import file_sha256, model_digest
 from cals.shard_format import decode_frames, encode_frames
 from cals.sync_score import ClipScore, CorpusSummary, summarise
 from pipeline.errors import ClipError
@@ -70,6 +71,7 @@ class SyncReport:
         vshift: offsets searched, -vshift..+vshift video frames.
         results: one per clip, in input order (failed clips carry their error).
         summary: corpus means over the scored clips.
+        model_sha256: SHA-256 of the model file (:func:`cals.models.lip_units.model_digest`).
     """
 
     model: Path
@@ -79,6 +81,7 @@ class SyncReport:
     vshift: int
     results: list[ClipScore]
     summary: CorpusSummary
+    model_sha256: Optional[str] = None
 
     @property
     def scorer(self) -> str:
@@ -92,7 +95,7 @@ class SyncReport:
         """Write the per-clip rows and the summary as JSON, and/or the rows as CSV (:data:`CSV_COLUMNS`)."""
         rows = self.rows()
         if json_out is not None:
-            report = {"model": str(self.model), "protocol": self.protocol, "detector": self.detector,
+            report = {"model": str(self.model), "model_sha256": self.model_sha256, "protocol": self.protocol, "detector": self.detector,
                       "clips": rows, "summary": self.summary.to_dict()}
             with atomic_write(json_out) as tmp:
                 tmp.write_text(json.dumps(report, indent=2) + "\n")
@@ -214,10 +217,13 @@ def _make_detector(name: str, mediapipe_model: str) -> Detector:
 
 
 def _inputs(path: Path, protocol: str, detector: str, mediapipe_model: str,
-            params: SyncnetPythonParams) -> tuple[Iterator[Unit], Optional[str]]:
+            params: SyncnetPythonParams, s3fd: Optional[Path] = None,
+            device: str = "cpu") -> tuple[Iterator[Unit], Optional[str]]:
     """``(units, detector description)`` of ``path`` under ``protocol`` (module docstring)."""
     if protocol not in PROTOCOLS:
         raise ScoreSetupError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+    if s3fd is not None and protocol != "syncnet_python":
+        raise ScoreSetupError(f"--s3fd is the syncnet_python protocol's detector; --protocol {protocol} detects no face with it")
     is_dataset = path.is_dir() and (path / MANIFEST_FILE).is_file()
     if is_dataset:
         if protocol != "shards":
@@ -232,11 +238,14 @@ def _inputs(path: Path, protocol: str, detector: str, mediapipe_model: str,
     if protocol == "precropped":
         return protocol_inputs(videos, path, protocol, None, params), None
     try:
-        face_detector = syncnet_python_detector(params, mediapipe_model)
-    except (ImportError, ValueError) as error:
+        face_detector = syncnet_python_detector(params, mediapipe_model, s3fd=s3fd, device=device)
+    except (FileNotFoundError, ImportError, ValueError) as error:
         raise ScoreSetupError(str(error)) from None
-    note = (f"mediapipe-{mediapipe_model} on frames x{params.facedet_scale:g}, conf >= {params.det_conf:g} "
-            "(syncnet_python uses S3FD, sfd_face.pth: tracks and crops can differ from published ones)")
+    if s3fd is not None:
+        note = f"{face_detector.name}, sha256 {file_sha256(s3fd)[:16]} (syncnet_python's detector)"
+    else:
+        note = (f"mediapipe-{mediapipe_model} on frames x{params.facedet_scale:g}, conf >= {params.det_conf:g} "
+                "(syncnet_python uses S3FD, sfd_face.pth: tracks and crops can differ from published ones; pass --s3fd)")
     return protocol_inputs(videos, path, protocol, face_detector, params), note
 
 
@@ -268,13 +277,14 @@ def score_path(
     mediapipe_model: str = "short",
     protocol: str = PROTOCOLS[0],
     syncnet_python: SyncnetPythonParams = SyncnetPythonParams(),
+    s3fd: Optional[Path] = None,
 ) -> SyncReport:
     """Score every clip of ``path`` (a video, a folder of videos searched recursively, or a
     dataset folder with manifest.parquet) with ``model`` on ``device``, write ``json_out`` /
     ``csv_out`` when given, and return the report. ``protocol`` (:data:`PROTOCOLS`) says what the
     scorer is fed; ``detector`` applies to raw videos under ``shards`` (as in ``cals-prep``),
     ``mediapipe_model`` to ``shards`` and ``syncnet_python``; ``syncnet_python`` holds that
-    protocol's settings.
+    protocol's settings and ``s3fd`` (syncnet_python's ``sfd_face.pth``) makes it detect with S3FD.
 
     Raises:
         ScoreSetupError: before any scoring, when the run cannot start.
@@ -285,11 +295,11 @@ def score_path(
         if out is not None and not out.parent.is_dir():
             raise ScoreSetupError(f"cannot write {out}: folder {out.parent} does not exist")
     kind, network = _load_scorer(model, _torch_device(device))
-    units, detector_note = _inputs(path, protocol, detector, mediapipe_model, syncnet_python)
+    units, detector_note = _inputs(path, protocol, detector, mediapipe_model, syncnet_python, s3fd=s3fd, device=device)
     results: list[ClipScore] = []
     for unit in units:
         results.extend(_score(kind, network, unit, vshift, batch_size))
     report = SyncReport(model=model, kind=kind, protocol=protocol, detector=detector_note, vshift=vshift,
-                        results=results, summary=summarise(results))
+                        results=results, summary=summarise(results), model_sha256=model_digest(model))
     report.write(json_out, csv_out)
     return report

@@ -218,6 +218,22 @@ class S3FD:
         return rows[nms(rows[:, :4], rows[:, 4], NMS_FINAL)]
 
 
+def layout_problems(net: nn.Module, state: Mapping[str, torch.Tensor], shown: int = 3) -> str:
+    """What in ``state`` does not fit ``net`` by name and shape, summarised on one line (counts and
+    the first ``shown`` names of each kind); empty when it fits."""
+    expected = net.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    misshaped = [f"{k} {tuple(getattr(state[k], 'shape', ()))} (expected {tuple(expected[k].shape)})"
+                 for k in expected if k in state and tuple(getattr(state[k], "shape", ())) != tuple(expected[k].shape)]
+    parts = []
+    for what, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", misshaped)):
+        if keys:
+            more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
+            parts.append(f"{len(keys)} {what}: {', '.join(keys[:shown])}{more}")
+    return "; ".join(parts)
+
+
 def missing_weights_message(path: str | Path) -> str:
     """The one-line explanation of where to get ``sfd_face.pth``."""
     return (f"S3FD weights not found: {path} does not exist. Get {S3FD_WEIGHTS_FILE} from {S3FD_WEIGHTS_URL} "
@@ -232,8 +248,6 @@ def load_s3fd(path: str | Path, device: str | torch.device = "cpu") -> S3FD:
         ValueError: not a state dict, or its keys/shapes differ from :class:`S3FDNet`'s (the
             message names the file, what does not fit and where to get the right one).
     """
-    from cals.models.weights import check_state_dict
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(missing_weights_message(path))
@@ -246,10 +260,9 @@ def load_s3fd(path: str | Path, device: str | torch.device = "cpu") -> S3FD:
         raise ValueError(f"{path} holds a {type(state).__name__}, expected a state dict (name → tensor); "
                          f"get {S3FD_WEIGHTS_FILE} from {S3FD_WEIGHTS_URL}")
     net = S3FDNet()
-    try:
-        check_state_dict(net, state, str(path), f"syncnet_python's S3FD layout ({S3FD_WEIGHTS_FILE} from {S3FD_WEIGHTS_URL})")
-    except ValueError as error:
-        message = str(error)
-        raise ValueError(message if len(message) < 600 else message[:560] + " …)") from None
+    problems = layout_problems(net, state)
+    if problems:
+        raise ValueError(f"{path} does not match syncnet_python's S3FD layout ({problems}); "
+                         f"get {S3FD_WEIGHTS_FILE} from {S3FD_WEIGHTS_URL}")
     net.load_state_dict(state)
     return S3FD(net, device)

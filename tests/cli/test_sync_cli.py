@@ -130,3 +130,31 @@ def test_scores_the_syncnet_example_video(tmp_path, random_model):
     assert int(rows[0]["offset"]) == clip["offset"]
     for heading in ("clip", "offset", "LSE-D", "LSE-C", "syncnet_example.avi"):
         assert heading in result.output
+
+
+def test_a_missing_s3fd_file_names_it_and_where_to_get_it(tmp_path, random_model):
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"x")
+    missing = tmp_path / "sfd_face.pth"
+    result = runner.invoke(app, ["score", str(video), "--model", str(random_model), "--protocol", "syncnet_python", "--s3fd", str(missing)])
+    assert result.exit_code == 2
+    message = one_line_error(result)
+    assert str(missing) in message and "https://www.robots.ox.ac.uk/~vgg/software/lipsync/data/sfd_face.pth" in message
+
+
+def test_s3fd_weights_of_another_layout_are_refused(tmp_path, random_model):
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"x")
+    wrong = tmp_path / "s3fd-619a316812.pth"  # face-alignment's file: conv1_1 ... names
+    torch.save({"conv1_1.weight": torch.zeros(64, 3, 3, 3)}, wrong)
+    result = runner.invoke(app, ["score", str(video), "--model", str(random_model), "--protocol", "syncnet_python", "--s3fd", str(wrong)])
+    assert result.exit_code == 2
+    message = one_line_error(result)
+    assert str(wrong) in message and "unexpected keys: conv1_1.weight" in message and "sfd_face.pth" in message
+
+
+def test_s3fd_outside_the_syncnet_python_protocol_is_refused(tmp_path, random_model):
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"x")
+    result = runner.invoke(app, ["score", str(video), "--model", str(random_model), "--protocol", "precropped", "--s3fd", str(tmp_path / "sfd_face.pth")])
+    assert result.exit_code == 2 and "--s3fd" in one_line_error(result)

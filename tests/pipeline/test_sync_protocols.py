@@ -147,3 +147,30 @@ def test_precropped_gives_syncnet_pythons_curve_on_the_example(tmp_path):
     shards = score_path(SYNCNET_EXAMPLE, weights, protocol="shards", detector="none")
     broken = shards.results[0].score.mean_dists
     assert np.abs(broken / reference - 1).max() > 2e-3
+
+
+def test_the_syncnet_python_detector_is_s3fd_when_its_weights_are_given(tmp_path):
+    """--s3fd: syncnet_python's S3FD at facedet_scale 0.25 and conf 0.9 (seeded random weights with
+    the face logit raised, so boxes come out), boxes in the full frame's pixels."""
+    from cals.models.s3fd import S3FDNet
+    from pipeline.stages.detect import SyncnetS3fdDetector
+    from pipeline.sync_protocols import ScaledDetector, syncnet_python_detector
+
+    torch.manual_seed(0)
+    net = S3FDNet()
+    with torch.no_grad():
+        for head in net.conf:
+            head.bias[-1] += 4.0
+    weights = tmp_path / "sfd_face.pth"
+    torch.save(net.state_dict(), weights)
+    detector = syncnet_python_detector(PARAMS, s3fd=weights)
+    assert isinstance(detector, SyncnetS3fdDetector) and not isinstance(detector, ScaledDetector)
+    assert detector.scales == (PARAMS.facedet_scale,) and detector.conf_th == PARAMS.det_conf
+    assert "s3fd" in detector.name and "0.25" in detector.name
+    frame = np.random.default_rng(0).integers(0, 256, (240, 320, 3), dtype=np.uint8)
+    (faces,) = detector([frame])
+    assert faces and all(isinstance(f, Detection) and f.score > PARAMS.det_conf for f in faces)
+    # in full-frame pixels: S3FD's own rows at the same scale, unchanged
+    rows = detector._model.detect(frame, PARAMS.det_conf, [PARAMS.facedet_scale])
+    np.testing.assert_allclose([f.box for f in faces], rows[:, :4])
+    assert max(f.box[2] for f in faces) > 80  # not the 80x60 scaled copy's pixels
