@@ -3,12 +3,14 @@ VoxCeleb2 end to end on small release trees of real clips (tests/fixture_builder
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from cli.prep import app
+from pipeline.prepare_clip import PrepParams
 from tests.conftest import FIXTURE_VIDEO, needs_fixtures
 from tests.fixture_builders import build_release_tree
 
@@ -100,12 +102,16 @@ def test_lrs2_prep_then_verify(tmp_path):
     assert len(samples) == 3
 
 def prep_and_verify(argv: list[str], dataset: Path) -> list:
-    """Run ``cals-prep`` with ``argv`` (fast options added), check it and ``verify`` pass, and
-    return the dataset's samples (no frames)."""
+    """Run ``cals-prep`` with ``argv`` (fast options added), check it and ``verify`` pass and
+    that it ran with the single-shot corpora's defaults (``--tracks dominant --no-scenes``:
+    LRS2, LRS3 and VoxCeleb2 clips are one face track, no cuts), and return the dataset's
+    samples (no frames)."""
     from cals.data import iter_samples
 
     result = runner.invoke(app, [*argv, "--detector", "none", "--workers", "1", "--quiet"])
     assert result.exit_code == 0, result.output
+    params = PrepParams.from_dict(json.loads((dataset / "prep.json").read_text(encoding="utf-8"))["parameters"])
+    assert (params.tracks, params.scenes) == ("dominant", False)
     verified = runner.invoke(app, ["verify", str(dataset)])
     assert verified.exit_code == 0 and "OK" in verified.output, verified.output
     return list(iter_samples(dataset, frames=False))
