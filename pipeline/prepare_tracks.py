@@ -4,6 +4,7 @@
 
 - ``--tracks dominant`` without ``--scenes``: :func:`pipeline.prepare_clip.process_clip`, one
   sample keyed by the clip's key (the pre-cropped corpora; bytes as before this module).
+- ``--detector none`` (no faces, the whole frame) takes these two ways whatever ``--tracks`` says.
 - ``--tracks dominant --scenes``: the same streaming chain, the tracker restarted at every cut
   (:class:`SceneStream` feeds :class:`~pipeline.stages.scenes.SceneSplitter` each frame as it is
   decoded). One scene: the same one sample as without ``--scenes``. Several: one sample per
@@ -146,10 +147,11 @@ def process_source(source: ClipSource, params: PrepParams, detector: Detector, s
     """Prepare one clip into its samples (module docstring). Raises ClipError when the clip as a
     whole cannot be used (its reasons as :func:`~pipeline.prepare_clip.process_clip`, and
     ``no_track``); tracks dropped by a filter are in :attr:`SourceResult.dropped`."""
-    if params.legacy:
+    whole_frame = getattr(detector, "squares", None) is not None  # --detector none: one "track", the frame
+    if params.legacy or (whole_frame and not params.scenes):
         result = process_clip(source, params, detector)
         return SourceResult(samples=[(source.key, result, {})])
-    if params.tracks == "dominant":
+    if params.tracks == "dominant" or whole_frame:
         return _dominant_scenes(source, params, detector)
     return _all_tracks(source, params, detector, sync_model)
 
