@@ -19,7 +19,7 @@ and ``lrs3_test_v0.4`` were unpacked into)::
 person who gave two talks counts as two speakers).
 
 Splits. ``test/`` is the official test split. LRS3 has no official validation set: papers hold
-out about a thousand trainval utterances at random (AV-HuBERT, Auto-AVSR: 1,200), which puts the
+out about a thousand trainval utterances at random (AV-HuBERT: 1,200), which puts the
 same talks on both sides. Here ``val`` is carved **by speaker** instead: the talks whose stable
 hash falls in the first ``val`` share (:func:`pipeline.recipes.folder.split_for_speaker`,
 default :data:`LRS3_VAL_SHARE`, about 1,000 trainval utterances) go to val, the rest to train.
