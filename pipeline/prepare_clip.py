@@ -65,7 +65,7 @@ class PrepParams:
 
     detector: str = "mediapipe"
     mediapipe_model: str = "short"
-    detect_every: int = 1
+    detect_every: int = 3  # fastest k under 1 px mean crop deviation on every fixture clip (bench/detect_stride.py, BENCHMARKS.md)
     min_frames: int = 25
     min_face_ratio: float = 0.5
     codec: str = "jpeg"

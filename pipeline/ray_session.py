@@ -62,3 +62,9 @@ def ray_session(workers: Optional[int], address: Optional[str]) -> Iterator[Any]
     finally:
         if started:
             ray.shutdown()
+
+
+def cluster_cpus(address: str) -> int:
+    """CPUs of the Ray cluster at ``address`` (``ray.cluster_resources``), at least 1."""
+    with ray_session(None, address) as ray:
+        return max(1, int(ray.cluster_resources().get("CPU", 1)))

@@ -13,6 +13,8 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
+import os
 import platform
 import sys
 import time
@@ -33,7 +35,7 @@ from pipeline.io import ffmpeg_version, probe
 from pipeline.manifest import ClipSource, manifest_row, read_rows, write_parquet
 from pipeline.prepare_clip import PrepParams
 from pipeline.prepare_shard import ShardPlan, prepare_shard
-from pipeline.ray_pool import Bar, Blame, Report, retries, run_pool
+from pipeline.ray_pool import Bar, Blame, FollowUp, Report, retries, run_pool
 from pipeline.ray_session import prepare_environment
 from pipeline.recipes.folder import SPLITS, stable_fraction
 from pipeline.resume import clips_digest, crashed_clip, forget_failures, has_output, remove_unplanned, shard_is_complete
@@ -43,6 +45,13 @@ log = logging.getLogger(__name__)
 
 #: Planning estimate of shard bytes per video frame (JPEG q95 crop ~7.8 kB + FLAC + mel + rest).
 BYTES_PER_FRAME_ESTIMATE = 8_500
+#: Shards planned per worker when the dataset allows, so every worker has work to the end of a
+#: run (the last shards finish at different times; 4 keeps the idle tail under ~1/4 of a shard).
+SHARDS_PER_WORKER = 4
+#: Smallest shard (MB, at BYTES_PER_FRAME_ESTIMATE) the spreading makes: ~30 frames, one 1.2 s
+#: LRW clip; below it a shard's fixed cost (a tar, a Parquet part, a Ray task: ~10-20 ms) nears
+#: its work. Shards are never cut below one clip, nor above ``--shard-mb``.
+MIN_SHARD_MB = 0.25
 #: Clips probed (a fixed, hash-chosen sample) to estimate the mean clip duration for planning.
 PLAN_PROBE_CLIPS = 32
 #: Deaths of a worker process on the same clip after which the clip is recorded as failed.
@@ -105,16 +114,49 @@ def estimate_clip_duration(clips: list[ClipSource]) -> float:
     return max(sum(durations) / len(durations), 1.0 / FPS) if durations else 10.0
 
 
-def plan_shards(clips_by_split: dict[str, list[ClipSource]], shard_mb: float, mean_duration_s: float) -> list[ShardPlan]:
-    """Group each split's clips, in key order, into shards of about ``shard_mb`` megabytes."""
+def clips_per_shard(total_clips: int, shard_mb: float, mean_duration_s: float, workers: Optional[int]) -> int:
+    """Clips per shard: at most ``shard_mb`` MB of them, fewer so the run has at least
+    SHARDS_PER_WORKER × ``workers`` shards where shards of MIN_SHARD_MB allow (never below one
+    clip). One worker (nothing to balance) or ``workers`` None (the plan of runs recorded before
+    the worker count was): ``shard_mb`` shards."""
     clip_mb = mean_duration_s * FPS * BYTES_PER_FRAME_ESTIMATE / 1e6
-    per_shard = max(1, int(shard_mb / clip_mb))
+    most = max(1, int(shard_mb / clip_mb))
+    if workers is None or workers <= 1:
+        return most
+    least = max(1, math.ceil(MIN_SHARD_MB / clip_mb))
+    spread = max(1, total_clips // (SHARDS_PER_WORKER * max(1, workers)))
+    return min(most, max(least, spread))
+
+
+def plan_shards(
+    clips_by_split: dict[str, list[ClipSource]], shard_mb: float, mean_duration_s: float, workers: Optional[int] = None
+) -> list[ShardPlan]:
+    """Group each split's clips, in key order, into shards of :func:`clips_per_shard` clips
+    (the same size in every split). A pure function of its arguments: the plan of a run."""
+    total = sum(len(clips_by_split.get(split, [])) for split in SPLITS)
+    per_shard = clips_per_shard(total, shard_mb, mean_duration_s, workers)
     plans = []
     for split in SPLITS:
         clips = clips_by_split.get(split, [])
         for index, start in enumerate(range(0, len(clips), per_shard)):
             plans.append(ShardPlan(f"{split}-{index:06d}", split, tuple(clips[start : start + per_shard])))
     return plans
+
+
+def plan_workers(workers: Optional[int], address: Optional[str], previous: Optional[dict[str, Any]]) -> Optional[int]:
+    """The worker count the shards are planned for: the one ``previous`` (prep.json of the
+    output being resumed) recorded under ``plan`` (None when it predates the record: the plan
+    it was made with), else ``workers``, else the cluster's CPUs with ``address``, else this
+    machine's CPUs."""
+    if previous is not None:
+        return previous.get("plan", {}).get("workers")
+    if workers:
+        return workers
+    if address:
+        from pipeline.ray_session import cluster_cpus
+
+        return cluster_cpus(address)
+    return os.cpu_count() or 1
 
 
 def versions() -> dict[str, str]:
@@ -243,6 +285,7 @@ def run_prep(
     command: Optional[list[str]] = None,
     force: bool = False,
     retry_failed: bool = False,
+    then: "Optional[FollowUp]" = None,
 ) -> RunSummary:
     """Prepare every clip into ``out_dir`` (the dataset folder: a local path or an fsspec URL
     such as ``s3://bucket/shards/videos``), resuming complete shards.
@@ -255,7 +298,8 @@ def run_prep(
     removed). ``retry_failed`` redoes the shards whose clips failed for a transient reason.
     Raises :class:`cals.errors.NoSpaceError` (one line) when the disk filled up: after the
     manifest (their clips ``no_space``) when shards could not be written; the shards that were
-    are kept, and the same command resumes.
+    are kept, and the same command resumes. ``then``: a second pool fed each shard as it is
+    written (:class:`pipeline.ray_pool.FollowUp`: prep's lip units, :func:`pipeline.units.units_follow_up`).
     """
     prepare_environment(address)
     from rich.console import Console
@@ -274,7 +318,9 @@ def run_prep(
     previous = json.loads(storage.read_text(PREP_FILE)) if storage.exists(PREP_FILE) else None
     if previous and has_output(storage) and previous.get("source_digest") != digest and not force:
         raise OutputMismatch(describe_mismatch(storage, previous, all_clips, params))
-    plans = plan_shards(clips_by_split, shard_mb, estimate_clip_duration(all_clips))
+    resumed = previous if previous and has_output(storage) and not force else None
+    planned_for = plan_workers(workers, address, resumed)
+    plans = plan_shards(clips_by_split, shard_mb, estimate_clip_duration(all_clips), planned_for)
     if force:
         remove_unplanned(storage, {p.name for p in plans})
     if retry_failed:
@@ -284,6 +330,7 @@ def run_prep(
         "command": command or sys.argv,
         "parameters": params.to_dict(),
         "shard_mb": shard_mb,
+        "plan": {"workers": planned_for, "shards_per_worker": SHARDS_PER_WORKER, "min_shard_mb": MIN_SHARD_MB},
         "format_version": FORMAT_VERSION,
         "pipeline_version": PIPELINE_VERSION,
         "mel_params": MEL_PARAMS.to_dict(),
@@ -296,6 +343,11 @@ def run_prep(
         _write_json(storage, prep_info, PREP_FILE)
 
     plan_s = time.time() - started
+    asked_for = workers or (None if address else os.cpu_count())
+    if show_progress and resumed is not None and todo and asked_for and planned_for != asked_for:
+        made_for = f"planned for {planned_for} workers" if planned_for else "planned before worker counts were recorded"
+        Console(stderr=True).print(f"resuming {out_dir} with the plan of its first run ({len(plans)} shards, {made_for}); "
+                                   f"--force replans for {asked_for} workers")
     if show_progress and len(todo) < len(plans):
         Console(stderr=True).print(f"resuming {out_dir}: {len(plans) - len(todo)} of {len(plans)} shards already complete, {len(todo)} to do")
     failed_tasks: dict[str, tuple[str, str]] = {}
@@ -303,7 +355,8 @@ def run_prep(
     if todo:
         bar = Bar("clips", total=len(all_clips), completed=len(all_clips) - sum(len(p.clips) for p in todo), rate=True)
         pool = run_pool([ShardTask(p) for p in todo], PrepWorker(storage.location, params, fail_fast), bar, name=ShardTask.shard,
-                        blame=clip_blame(storage), workers=workers, address=address, fail_fast=fail_fast, show_progress=show_progress)
+                        blame=clip_blame(storage), workers=workers, address=address, fail_fast=fail_fast, show_progress=show_progress,
+                        then=then)
         failed_tasks = {shard: (reason, detail[:DETAIL_CHARS]) for shard, (reason, detail) in pool.failures.items()}
         ray_start_s, process_s = pool.ray_start_s, pool.process_s
 

@@ -169,12 +169,12 @@ def test_each_quality_filter_drops_tracks_with_its_reason(media, detector):
             found = detector(frames)
             return found if self.calls % 2 else [[] for _ in found]
 
-    missing = process_source(clip(media, "pair"), PrepParams(tracks="all", min_face_ratio=0.0, quality=QualityParams(max_interpolated=0.3)), MissesOddCalls())
+    missing = process_source(clip(media, "pair"), PrepParams(tracks="all", min_face_ratio=0.0, quality=QualityParams(max_interpolated=0.3), detect_every=1), MissesOddCalls())  # one call per batch
     assert {d[1] for d in missing.dropped} == {"interpolated"} and "> --max-interpolated 0.3" in missing.dropped[0][2]
 
 
 def test_max_seconds_splits_a_track_into_consecutive_samples(media, detector):
-    result = process_source(clip(media, "cut"), PrepParams(tracks="all", scenes=True, max_seconds=2.0), detector)
+    result = process_source(clip(media, "cut"), PrepParams(tracks="all", scenes=True, max_seconds=2.0, detect_every=1), detector)  # the spans below are every-frame tracks
     spans = [(key, c["first_frame"], r.fields["num_frames"]) for key, r, c in result.samples]
     assert [k for k, _, _ in spans] == ["cut-s00t00p00", "cut-s00t00p01", "cut-s01t00p00", "cut-s01t00p01"]
     assert all(n <= 50 for _, _, n in spans)

@@ -1,0 +1,85 @@
+"""Shard planning keeps every worker busy at any dataset size: at least SHARDS_PER_WORKER shards
+per worker (with 2 or more) where MIN_SHARD_MB shards allow, never above --shard-mb; the plan is recorded in
+prep.json and a resume keeps it (another worker count neither replans nor mixes plans)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from cals.constants import FPS
+from cals.layout import PREP_FILE
+from pipeline.manifest import ClipSource
+from pipeline.prepare_clip import PrepParams
+from pipeline.prepare_shard import ShardPlan
+from pipeline.recipes.folder import prepare_folder
+from pipeline.run import BYTES_PER_FRAME_ESTIMATE, MIN_SHARD_MB, SHARDS_PER_WORKER, plan_shards, run_prep
+from tests.conftest import TALK_CLIPS, ffmpeg, needs_fixtures
+
+SIX_CLIP_SECONDS = 8.0  # a 6-clip folder of fixture-length clips (~1.7 MB each planned)
+
+
+def clips(count: int, split: str = "train") -> list[ClipSource]:
+    return [ClipSource(f"clip{i:03d}", f"/nowhere/clip{i:03d}.mp4", "plan", split, f"spk{i}") for i in range(count)]
+
+
+def one_shard_planner(clips_by_split, shard_mb, mean_duration_s, workers=None) -> list[ShardPlan]:
+    """The broken variant: every clip of a split in one shard (the plan of a small dataset before)."""
+    return [ShardPlan(f"{split}-000000", split, tuple(c)) for split, c in clips_by_split.items() if c]
+
+
+def assert_spread(plans: list[ShardPlan], total: int, workers: int) -> None:
+    """Every worker gets work: min(clips, SHARDS_PER_WORKER × workers) shards or more, every clip once."""
+    assert sorted(c.key for p in plans for c in p.clips) == sorted(f"clip{i:03d}" for i in range(total))
+    assert len(plans) >= min(total, SHARDS_PER_WORKER * workers), f"{len(plans)} shards for {total} clips on {workers} workers"
+
+
+def test_small_dataset_gets_shards_for_every_worker():
+    for total, workers in ((6, 2), (21, 2), (40, 4), (7, 16)):
+        by_split = {"train": clips(total)}
+        assert_spread(plan_shards(by_split, 500.0, SIX_CLIP_SECONDS, workers), total, workers)
+        with pytest.raises(AssertionError):
+            assert_spread(one_shard_planner(by_split, 500.0, SIX_CLIP_SECONDS, workers), total, workers)
+
+
+def test_plan_bounds_and_purity():
+    # --shard-mb stays the upper bound (one clip per shard), whatever the worker count
+    assert len(plan_shards({"train": clips(6)}, 0.001, SIX_CLIP_SECONDS, 8)) == 6
+    # one worker has nothing to balance: --shard-mb shards, as before
+    assert len(plan_shards({"train": clips(6)}, 500.0, SIX_CLIP_SECONDS, 1)) == 1
+    # shards are never cut below MIN_SHARD_MB: 0.5 s clips (0.106 MB) go 3 to a shard on 64 workers
+    per_shard = [len(p.clips) for p in plan_shards({"train": clips(100)}, 500.0, 0.5, 64)]
+    assert per_shard[0] == math.ceil(MIN_SHARD_MB / (0.5 * FPS * BYTES_PER_FRAME_ESTIMATE / 1e6)) == 3
+    # a big dataset on few workers keeps --shard-mb shards (no needless splitting)
+    assert len(plan_shards({"train": clips(10_000)}, 500.0, SIX_CLIP_SECONDS, 2)) == math.ceil(10_000 / int(500 / 1.7))
+    # split by split, deterministic, and the pre-record plan (workers None) is today's
+    by_split = {"train": clips(30), "val": clips(5, "val"), "test": []}
+    plans = plan_shards(by_split, 500.0, SIX_CLIP_SECONDS, 2)
+    assert plans == plan_shards(by_split, 500.0, SIX_CLIP_SECONDS, 2)
+    assert {p.split for p in plans} == {"train", "val"} and all(c.split == p.split for p in plans for c in p.clips)
+    assert len(plan_shards(by_split, 500.0, SIX_CLIP_SECONDS, None)) == 2
+
+
+@needs_fixtures
+@pytest.mark.slow  # one Ray start and 6 clips: ~40-80 s on the shared 2 cores
+def test_six_clip_folder_two_workers(tmp_path: Path):
+    """A 6-clip folder prepared with 2 workers is several shards; the plan is in prep.json and a
+    re-run with 1 worker is a no-op on that plan (not a second, mixed plan)."""
+    root = tmp_path / "corpus"
+    for i in range(6):
+        (root / f"spk{i}").mkdir(parents=True)
+        ffmpeg("-ss", str(i), "-t", "1.2", "-i", str(TALK_CLIPS[i % len(TALK_CLIPS)]), "-vf", "scale=96:96",
+               "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac", str(root / f"spk{i}" / "clip.mp4"))
+    out = tmp_path / "out" / "corpus"
+    params = PrepParams(detector="none", min_frames=10)
+    first = run_prep(prepare_folder(root, val=0, test=0), out, params, workers=2, show_progress=False)
+    prep = json.loads((out / PREP_FILE).read_text())
+    assert first.ok == 6 and prep["plan"]["workers"] == 2
+    assert len(prep["shards"]) >= 4, prep["shards"]
+    assert len(list(out.glob("train-*.tar"))) == len(prep["shards"])
+    again = run_prep(prepare_folder(root, val=0, test=0), out, params, workers=1, show_progress=False)
+    assert again.shards_done == 0 and again.shards_skipped == len(prep["shards"])
+    assert json.loads((out / PREP_FILE).read_text())["shards"] == prep["shards"]
