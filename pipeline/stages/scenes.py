@@ -2,9 +2,10 @@
 
 A cut is where the HSV content of a 25 fps frame jumps past ``threshold`` (PySceneDetect's
 default 27; at most one cut per ``min_scene_len`` frames, default 15 = 0.6 s). The detector sees
-each frame subsampled to about :data:`SCENE_WIDTH` pixels wide (every k-th pixel, as
-PySceneDetect's own auto-downscale does), so its cost does not grow with the source
-resolution: measured in ``bench/tracks.py`` (BENCHMARKS.md "Scenes and tracks").
+each frame subsampled to at most :data:`SCENE_WIDTH` pixels wide (every k-th pixel, k =
+ceil(width / 256); PySceneDetect's own auto-downscale takes floor, which leaves a 320 px frame
+whole at twice the cost), so its cost does not grow with the source resolution: measured in
+``bench/tracks.py`` (BENCHMARKS.md "Scenes and tracks").
 
 Why ``ContentDetector`` on our frames rather than ffmpeg's ``select='gt(scene,x)'`` score: it
 needs no second decode (prep already holds each frame once), it is the detector syncnet_python
@@ -47,7 +48,7 @@ class SceneSplitter:
 
     def feed(self, frame: np.ndarray) -> bool:
         """Score one frame; True when a new scene starts at it."""
-        step = max(1, frame.shape[1] // SCENE_WIDTH)
+        step = max(1, -(-frame.shape[1] // SCENE_WIDTH))  # ceil: at most SCENE_WIDTH wide
         small = np.ascontiguousarray(frame[::step, ::step, ::-1])  # RGB -> BGR, as OpenCV decodes
         found = [c for c in self._detector.process_frame(self._index, small) if c > 0]
         self._index += 1

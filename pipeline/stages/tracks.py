@@ -5,7 +5,8 @@ scores in [0, 1]) and the scenes (:mod:`pipeline.stages.scenes`). Per scene, the
 tracker of syncnet_python (:func:`pipeline.sync_protocols.track_shot`, one implementation for
 ``cals-sync`` and prep) links detections whose IoU with the track's last box reaches
 ``TrackParams.iou_min`` at most ``TrackParams.max_gap`` frames apart; the boxes between two
-detections are linear interpolations (score 0). A track never crosses a cut: each scene is
+detections are linear interpolations (score 0), and frames the detector skipped
+(``--detect-every``) right before the first or after the last detection hold that box. A track never crosses a cut: each scene is
 tracked on its own. Tracks that overlap in time stay separate tracks.
 
 Each track's boxes are then smoothed as the dominant track's are (centred moving average over
@@ -96,12 +97,28 @@ def scene_tracks(
     score_of = {(i, tuple(d.box)): d.score for i, dets in faces for d in dets}
     built = []
     for track in linked:
-        frames = track.frames.astype(int)
-        scores = np.array([score_of.get((int(i), tuple(b)), 0.0) for i, b in zip(frames, track.boxes.tolist())])
+        frames, boxes = _held_over_unexamined(track.frames.astype(int), track.boxes, detections, first, end)
+        scores = np.array([score_of.get((int(i), tuple(b)), 0.0) for i, b in zip(frames, boxes.tolist())])
         counts = np.array([-1 if detections[i] is None else len(detections[i]) for i in frames], dtype=np.int64)
-        built.append((int(frames[0]), float(track.boxes[0, 0]), track.boxes, scores, counts))
+        built.append((int(frames[0]), float(boxes[0, 0]), boxes, scores, counts))
     built.sort(key=lambda t: (t[0], t[1]))
     return [FaceTrack(scene, k, start, boxes, scores, counts) for k, (start, _, boxes, scores, counts) in enumerate(built)]
+
+
+def _held_over_unexamined(
+    frames: np.ndarray, boxes: np.ndarray, detections: Sequence[Optional[list[Detection]]], first: int, end: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Extend a track over the frames right before and after it that the detector skipped
+    (``--detect-every``; None in ``detections``) within the scene ``first .. end - 1``, holding
+    its first / last box: a skipped frame is not a missed face."""
+    start, stop = int(frames[0]), int(frames[-1]) + 1
+    while start > first and detections[start - 1] is None:
+        start -= 1
+    while stop < end and detections[stop] is None:
+        stop += 1
+    before, after = int(frames[0]) - start, stop - 1 - int(frames[-1])
+    held = np.concatenate([np.repeat(boxes[:1], before, axis=0), boxes, np.repeat(boxes[-1:], after, axis=0)])
+    return np.arange(start, stop), held
 
 
 def smooth_boxes(boxes: np.ndarray, smooth_frames: int) -> np.ndarray:

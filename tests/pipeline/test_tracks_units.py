@@ -61,6 +61,17 @@ def test_tracks_never_cross_a_cut_and_overlapping_faces_are_separate_tracks():
     assert any(t.first < 60 < t.end for t in crossing)
 
 
+def test_a_track_holds_its_box_over_skipped_frames_at_its_ends_not_over_missed_ones():
+    # Every 3rd frame examined (--detect-every 3); frames 0..8 of a scene of 10, a face on each examined one.
+    detections = [[face(10)] if i % 3 == 0 else None for i in range(10)]
+    (track,) = scene_tracks(detections, 0, 10, 0, TrackParams())
+    assert (track.first, track.num_frames) == (0, 10) and track.examined == 4 and track.detected == 4
+    # Examined and empty (a missed face) at the end: the track stops at its last detection.
+    detections[9] = []
+    (track,) = scene_tracks(detections, 0, 10, 0, TrackParams())
+    assert (track.first, track.num_frames) == (0, 9)  # held over the skipped 7, 8; not over the missed 9
+
+
 def test_smoothing_is_the_centred_truncated_mean():
     boxes = np.array([[0, 0, 10, 10], [3, 0, 13, 10], [6, 0, 16, 10]], dtype=float)
     assert smooth_boxes(boxes, 3)[:, 0].tolist() == [1.5, 3.0, 4.5]
