@@ -5,7 +5,8 @@ For every sample of the split (in shard order, the first ``limit``):
 1. generate the whole clip with :meth:`CalsModel.generate` (:func:`cals.inference.generate_faces`):
    the sample's mel, its first frame as the identity reference (the paper's inference; training draws it outside the window, :func:`cals.stream.reference_index`), every
    frame's upper half as the pose prior;
-2. PSNR, SSIM and LMD of the generated frames against the real ones (:mod:`cals.metrics`);
+2. PSNR, SSIM and LMD of the generated frames against the real ones (:mod:`cals.metrics`; LMD on
+   the 68-point scheme's 20 mouth points, LMD-40 on FaceMesh's 40 lip points);
 3. LSE-D / LSE-C of the generated frames with the sample's audio, and of the real frames (the
    ground-truth row), by one of:
 
@@ -67,8 +68,9 @@ from cals.data import iter_samples
 from cals.inference import generate_faces
 from cals.metrics import MouthLandmarker, aperture_correlation, landmark_distance, lower_psnr_frames, psnr_frames, ssim_frames
 
-#: Columns of the table: the paper's five, then the lower-half PSNR and the aperture correlation.
-TABLE_COLUMNS = ("PSNR", "SSIM", "LMD", "LSE-D", "LSE-C", "PSNR-lower", "aperture r")
+#: Columns of the table: the paper's five (LMD on the 68-point scheme's 20 mouth points), then
+#: LMD on FaceMesh's 40 lip points, the lower-half PSNR and the aperture correlation.
+TABLE_COLUMNS = ("PSNR", "SSIM", "LMD", "LSE-D", "LSE-C", "LMD-40", "PSNR-lower", "aperture r")
 #: Decimals of the table (the paper's three).
 TABLE_DECIMALS = 3
 #: The driving audios of the generated rows (module docstring, step 4).
@@ -120,6 +122,7 @@ class AudioEval:
     psnr_lower: Optional[float] = None
     lmd: Optional[float] = None
     lmd_frames: int = 0
+    lmd_40: Optional[float] = None
     no_face_generated: int = 0
     aperture_r: Optional[float] = None
     aperture_frames: int = 0
@@ -146,6 +149,7 @@ class ClipEval:
     gt_ssim: Optional[float] = None
     gt_lmd: Optional[float] = None
     gt_lmd_frames: int = 0
+    gt_lmd_40: Optional[float] = None
     gt_aperture_r: Optional[float] = None
     gt_aperture_frames: int = 0
     gt_lse_d: Optional[float] = None
@@ -202,9 +206,68 @@ def _row(pairs: list[tuple[AudioEval, int]]) -> dict[str, Optional[float]]:
         "LMD": _pooled((r.lmd, r.lmd_frames) for r, _ in pairs),
         "LSE-D": _mean(r.lse_d for r, _ in pairs),
         "LSE-C": _mean(r.lse_c for r, _ in pairs),
+        "LMD-40": _pooled((r.lmd_40, r.lmd_frames) for r, _ in pairs),
         "PSNR-lower": _pooled((r.psnr_lower, n) for r, n in pairs),
         "aperture r": _pooled((r.aperture_r, r.aperture_frames) for r, _ in pairs),
     }
+
+
+@dataclass
+class FullFrameClip:
+    """Full-frame LSE of one clip: ``generated`` / ``real`` one ``(LSE-D, LSE-C, offset)`` dict
+    per face track (``precropped``: one), a clip's value the mean over its tracks; ``error``
+    why a side has none."""
+
+    key: str
+    generated: list[dict[str, Any]] = field(default_factory=list)
+    real: list[dict[str, Any]] = field(default_factory=list)
+    error: Optional[str] = None
+
+    @staticmethod
+    def _clip_mean(tracks: list[dict[str, Any]], name: str) -> Optional[float]:
+        return _mean(t.get(name) for t in tracks)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class FullFrameLse:
+    """LSE-D / LSE-C of the pasted-back full-frame videos and of the real ones, scored by a
+    protocol of ``cals-sync score`` (filled by ``pipeline.eval_video``; plain data here).
+
+    Attributes:
+        protocol: ``syncnet_python`` or ``precropped``; ``recipe`` the corpus recipe that chose it
+            (None: given with ``--protocol``).
+        model, model_sha256: the SyncNet weights and their file digest.
+        detector: the face detector of the protocol (None: no detection).
+        clips: per clip, in split order.
+    """
+
+    protocol: str
+    recipe: Optional[str]
+    model: str
+    model_sha256: str
+    detector: Optional[str]
+    clips: list[FullFrameClip] = field(default_factory=list)
+
+    def rows(self, method: str) -> dict[str, dict[str, Optional[float]]]:
+        """``{"ground truth": {"LSE-D", "LSE-C"}, method: {...}}``: means over clips of each clip's
+        mean over its tracks (clips with a score on that side)."""
+        def side(name: str) -> dict[str, Optional[float]]:
+            return {column: _mean(FullFrameClip._clip_mean(getattr(c, name), key) for c in self.clips)
+                    for column, key in (("LSE-D", "lse_d"), ("LSE-C", "lse_c"))}
+
+        return {"ground truth": side("real"), method: side("generated")}
+
+    def describe(self) -> str:
+        chosen = f"the {self.recipe} corpus's protocol" if self.recipe else "given with --protocol"
+        return (f"protocol {self.protocol} ({chosen}), SyncNet {self.model} (sha256 {self.model_sha256[:16]}), "
+                f"detector {self.detector or 'none (frames as they are)'}")
+
+    def to_dict(self, method: str) -> dict[str, Any]:
+        return {"protocol": self.protocol, "recipe": self.recipe, "model": self.model, "model_sha256": self.model_sha256,
+                "detector": self.detector, "table": self.rows(method), "clips": [c.to_dict() for c in self.clips]}
 
 
 @dataclass
@@ -216,6 +279,7 @@ class EvalReport:
     ckpt: str
     scorer: Optional[SyncScorer]
     clips: list[ClipEval] = field(default_factory=list)
+    full_frame: Optional[FullFrameLse] = None
 
     @property
     def method(self) -> str:
@@ -239,6 +303,7 @@ class EvalReport:
             "LMD": _pooled((c.gt_lmd, c.gt_lmd_frames) for c in ok),
             "LSE-D": _mean(c.gt_lse_d for c in ok),
             "LSE-C": _mean(c.gt_lse_c for c in ok),
+            "LMD-40": _pooled((c.gt_lmd_40, c.gt_lmd_frames) for c in ok),
             "PSNR-lower": None,
             "aperture r": _pooled((c.gt_aperture_r, c.gt_aperture_frames) for c in ok),
         }
@@ -284,7 +349,8 @@ class EvalReport:
             "definitions": {
                 "PSNR": f"dB on uint8 RGB 128x128 crops, per frame (identical frames capped at {PSNR_CAP_DB:g} dB), mean over all frames",
                 "SSIM": "Wang et al. 2004 (11x11 Gaussian, sigma 1.5, K1 0.01, K2 0.03), per RGB channel then averaged; mean over all frames",
-                "LMD": "mean Euclidean distance of the 40 FaceMesh FACEMESH_LIPS landmarks, pixels of the 128x128 crop; mean over frames with a face in both images",
+                "LMD": "mean Euclidean distance of the 68-point scheme's 20 mouth points 48-67 (read off FaceMesh, cals.metrics.MOUTH68_FACEMESH), pixels of the aligned 128x128 crop (Chen et al. 2019's fixed-size normalisation); mean over frames with a face in both images",
+                "LMD-40": "the same on the 40 FaceMesh FACEMESH_LIPS landmarks",
                 "LSE": "per clip; mean over clips; every generated row is scored with the clip's own (true) audio",
                 "PSNR-lower": "PSNR of the rows the pose prior hides (the lower half), as PSNR",
                 "aperture r": "Pearson correlation over a clip's frames of the FaceMesh mouth aperture (inner lips 13-14 / eye corners 33-263), generated vs real; mean over clips weighted by frames with a face in both",
@@ -296,6 +362,7 @@ class EvalReport:
             "audio_gain": self.audio_gain(),
             "summary": self.summary(),
             "clips": [c.to_dict() for c in self.clips],
+            "full_frame": None if self.full_frame is None else self.full_frame.to_dict(self.method),
         }
 
     def to_markdown(self) -> str:
@@ -326,6 +393,16 @@ class EvalReport:
             f"shifted circularly by {AUDIO_SHIFT_FRAMES} frames ({stats['shifted_clips']} clips), or the next clip's, looped or cut "
             f"({stats['other_clips']} clips). Audio gain = true − shifted (about 0 for a model that ignores its audio).",
         ]
+        if self.full_frame is not None:
+            full = self.full_frame
+            scored = sum(1 for c in full.clips if c.generated)
+            lines += ["", f"## Full-frame LSE ({len(full.clips)} clips, {scored} scored)", "",
+                      "| method | LSE-D | LSE-C |", "| --- | --- | --- |"]
+            for name, row in full.rows(self.method).items():
+                lines.append(f"| {name} | {cell(row['LSE-D'])} | {cell(row['LSE-C'])} |")
+            lines += ["", "The generated clip pasted back into its source frames, and the real source span, each scored as a video: "
+                      + full.describe() + "; mean over clips of each clip's mean over its face tracks."]
+            lines += [f"{c.key}: {c.error}" for c in full.clips if c.error]
         return "\n".join(lines) + "\n"
 
 
@@ -375,8 +452,9 @@ def _measure(model, sample, mel: np.ndarray, real_mouth, landmarker: MouthLandma
         psnr_lower=float(np.minimum(lower_psnr_frames(generated, real), PSNR_CAP_DB).mean()),
     )
     mouth = landmarker.measure(generated)
-    lmd = landmark_distance(mouth.lips, real_mouth.lips)
+    lmd = landmark_distance(mouth.mouth68, real_mouth.mouth68)
     row.lmd, row.lmd_frames, row.no_face_generated = lmd.value, lmd.used, lmd.no_face_generated
+    row.lmd_40 = landmark_distance(mouth.lips, real_mouth.lips).value
     aperture = aperture_correlation(mouth.aperture, real_mouth.aperture)
     row.aperture_r, row.aperture_frames = aperture.value, aperture.used
     if scorer is not None:
@@ -396,8 +474,9 @@ def evaluate_clip(model, sample, landmarker: MouthLandmarker, scorer: Optional[S
     real_mouth = landmarker.measure(real)
     result.generated["true"] = _measure(model, sample, sample.mel, real_mouth, landmarker, scorer)
     result.gt_ssim = float(ssim_frames(real, real).mean())
-    gt_lmd = landmark_distance(real_mouth.lips, real_mouth.lips)
+    gt_lmd = landmark_distance(real_mouth.mouth68, real_mouth.mouth68)
     result.no_face_real, result.gt_lmd, result.gt_lmd_frames = gt_lmd.no_face_real, gt_lmd.value, gt_lmd.used
+    result.gt_lmd_40 = landmark_distance(real_mouth.lips, real_mouth.lips).value
     gt_aperture = aperture_correlation(real_mouth.aperture, real_mouth.aperture)
     result.gt_aperture_r, result.gt_aperture_frames = gt_aperture.value, gt_aperture.used
     try:
@@ -533,4 +612,4 @@ def write_report(report: EvalReport, out: str | Path) -> tuple[Path, Path]:
     return markdown, data
 
 
-__all__ = ["AUDIO_CONDITIONS", "AudioEval", "ClipEval", "EvalReport", "ZeroUnits", "evaluate_model", "looped_mel", "mel_of_frames", "shifted_mel", "SyncScorer", "critic_scorer", "evaluate", "evaluate_clip", "report_paths", "syncnet_scorer", "write_report"]
+__all__ = ["AUDIO_CONDITIONS", "AudioEval", "ClipEval", "EvalReport", "FullFrameClip", "FullFrameLse", "ZeroUnits", "evaluate_model", "looped_mel", "mel_of_frames", "shifted_mel", "SyncScorer", "critic_scorer", "evaluate", "evaluate_clip", "report_paths", "syncnet_scorer", "write_report"]

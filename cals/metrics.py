@@ -27,14 +27,28 @@ left out), which is what scikit-image's cropping of the filtered maps amounts to
 
 **LMD** (:class:`MouthLandmarker`, :func:`landmark_distance`): mouth landmarks of MediaPipe
 FaceMesh (0.10.21, shipped in the wheel; ``static_image_mode=True``, ``refine_landmarks=False``,
-one face) on the generated and on the real crop. The landmarks are the 40 points of FaceMesh's
-``FACEMESH_LIPS`` contour set (:data:`LIP_LANDMARKS`: outer and inner lip contours). Per frame,
-LMD is the mean over the 40 landmarks of the Euclidean distance between generated and real
-positions, in **pixels of the crop as given** (128x128 for the shards; no normalisation by face
-size, no alignment: the crops are already aligned). A frame on which FaceMesh finds no face in
-either image is **excluded** and counted (:class:`LandmarkDistance`); a clip with no usable frame
-has no LMD (None). Published LMD values use other landmark detectors (dlib's 68 points) and
-resolutions, so they are comparable with each other, not with these to the digit.
+one face) on the generated and on the real crop. Per frame, LMD is the mean over the landmarks
+of the Euclidean distance between generated and real positions. Two sets:
+
+- **LMD** (the usual definition, Chen et al. 2018/2019, ATVGnet): the 20 mouth points 48-67 of
+  the 68-point (dlib / FAN) scheme, read off FaceMesh through :data:`MOUTH68_FACEMESH` (outer lip
+  48-59 from the left corner over the upper lip, inner lip 60-67 likewise). The table is the
+  mouth part of the MediaPipe → 68-point correspondence in public use (e.g.
+  ``mediapipe_lm478_to_face_alignment_lm68`` in GeneFace++/Real3D-Portrait's landmark code), each
+  entry checked against FaceMesh's canonical face model: 61/291 the outer mouth corners, 0/17 the
+  outer lip centres, 78/308 the inner corners, 13/14 the inner lip centres, 40 37 | 267 270 and
+  321 314 | 84 91 the upper and lower outer lip either side, 81 | 311 and 402 | 178 the inner.
+  Normalisation as Chen et al.: landmarks of faces **aligned and resized to a fixed size**
+  (ATVGnet: 128x128), in pixels of that size; here the shards' aligned 128x128 crops, so the value
+  is in pixels of the 128x128 crop. Raw source-pixel LMD (as some papers print) scales with the
+  face size in the video and is not given.
+- **LMD-40**: the 40 points of FaceMesh's ``FACEMESH_LIPS`` contour set (:data:`LIP_LANDMARKS`:
+  outer and inner lip contours), same pixels: the project's earlier column.
+
+A frame on which FaceMesh finds no face in either image is **excluded** and counted
+(:class:`LandmarkDistance`); a clip with no usable frame has no LMD (None). Published LMD values
+use other landmark detectors (dlib's or FAN's 68 points), so they are comparable with each other,
+not with these to the digit.
 
 **Lower-half PSNR and L1** (:func:`lower_psnr_frames`, :func:`lower_l1_frames`): the same
 measures on the rows the generator's pose prior hides (:func:`mask_top_row` down), where the mouth
@@ -75,6 +89,18 @@ LIP_LANDMARKS: tuple[int, ...] = (
     0, 13, 14, 17, 37, 39, 40, 61, 78, 80, 81, 82, 84, 87, 88, 91, 95, 146, 178, 181,
     185, 191, 267, 269, 270, 291, 308, 310, 311, 312, 314, 317, 318, 321, 324, 375, 402, 405, 409, 415,
 )  # fmt: skip
+
+
+#: FaceMesh landmark index of each of the 68-point scheme's 20 mouth points 48..67, in that order
+#: (module docstring, LMD): outer lip 48-59 (48 the image-left corner, 51 the upper centre, 54
+#: the image-right corner, 57 the lower centre), inner lip 60-67 (60 and 64 the corners, 62 the
+#: upper and 66 the lower centre).
+MOUTH68_FACEMESH: tuple[int, ...] = (
+    61, 40, 37, 0, 267, 270, 291, 321, 314, 17, 84, 91,  # 48-59, outer
+    78, 81, 13, 311, 308, 402, 14, 178,  # 60-67, inner
+)  # fmt: skip
+#: The 68-point scheme's numbers of :data:`MOUTH68_FACEMESH`'s points.
+MOUTH68_POINTS: tuple[int, ...] = tuple(range(48, 68))
 
 
 def _as_clips(generated: np.ndarray, real: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -220,12 +246,15 @@ class MouthShape:
 
     Attributes:
         lips: ``(T, 40, 2)`` float64 ``(x, y)`` pixel positions of :data:`LIP_LANDMARKS`.
+        mouth68: ``(T, 20, 2)`` float64 pixel positions of the 68-point scheme's mouth points
+            48-67 (:data:`MOUTH68_FACEMESH`).
         aperture: ``(T,)`` float64 inner-lip distance (13-14) / inter-ocular distance (33-263),
             unitless.
     """
 
     lips: np.ndarray
     aperture: np.ndarray
+    mouth68: Optional[np.ndarray] = None
 
 
 class MouthLandmarker:
@@ -259,6 +288,7 @@ class MouthLandmarker:
             raise ValueError(f"expected (T, H, W, 3) uint8 RGB frames, got {frames.shape} {frames.dtype}")
         height, width = frames.shape[1:3]
         lips = np.full((frames.shape[0], len(LIP_LANDMARKS), 2), np.nan)
+        mouth68 = np.full((frames.shape[0], len(MOUTH68_FACEMESH), 2), np.nan)
         aperture = np.full(frames.shape[0], np.nan)
         for index, frame in enumerate(frames):
             found = self._mesh.process(np.ascontiguousarray(frame)).multi_face_landmarks
@@ -270,10 +300,11 @@ class MouthLandmarker:
                 return np.array((points[i].x * width, points[i].y * height))
 
             lips[index] = [xy(i) for i in LIP_LANDMARKS]
+            mouth68[index] = [xy(i) for i in MOUTH68_FACEMESH]
             eyes = np.linalg.norm(xy(EYE_CORNER_LANDMARKS[0]) - xy(EYE_CORNER_LANDMARKS[1]))
             if eyes > 0:
                 aperture[index] = np.linalg.norm(xy(APERTURE_LANDMARKS[0]) - xy(APERTURE_LANDMARKS[1])) / eyes
-        return MouthShape(lips=lips, aperture=aperture)
+        return MouthShape(lips=lips, aperture=aperture, mouth68=mouth68)
 
     def close(self) -> None:
         self._mesh.close()
@@ -373,6 +404,8 @@ def aperture_correlation(generated: np.ndarray, real: np.ndarray) -> ApertureCor
 
 __all__ = [
     "LIP_LANDMARKS",
+    "MOUTH68_FACEMESH",
+    "MOUTH68_POINTS",
     "ApertureCorrelation",
     "LandmarkDistance",
     "MouthLandmarker",

@@ -264,6 +264,26 @@ def _score(kind: str, network: Any, unit: Unit, vshift: int, batch_size: int) ->
     return [replace(score, track=track, first_frame=first_frame) for score in scores]
 
 
+def load_scorer(model: Path, device: str = "cpu") -> tuple[str, Any]:
+    """``(kind, network)`` of a ``syncnet_v2.model`` or a sync-critic run folder on ``device``.
+    Raises ScoreSetupError (one line: missing or wrong file, bad device)."""
+    return _load_scorer(model, _torch_device(device))
+
+
+def score_videos(path: Path, kind: str, network: Any, protocol: str, *, vshift: int = SYNCNET_VSHIFT,
+                 batch_size: int = SYNCNET_BATCH_SIZE, device: str = "cpu", detector: str = "mediapipe",
+                 mediapipe_model: str = "short", syncnet_python: SyncnetPythonParams = SyncnetPythonParams(),
+                 s3fd: Optional[Path] = None) -> tuple[list[ClipScore], Optional[str]]:
+    """Score the video(s) at ``path`` under ``protocol`` with an already loaded scorer
+    (:func:`load_scorer`): ``(one ClipScore per clip or face track, detector description)``.
+    Raises ScoreSetupError."""
+    units, detector_note = _inputs(path, protocol, detector, mediapipe_model, syncnet_python, s3fd=s3fd, device=device)
+    results: list[ClipScore] = []
+    for unit in units:
+        results.extend(_score(kind, network, unit, vshift, batch_size))
+    return results, detector_note
+
+
 def score_path(
     path: Path,
     model: Path,
@@ -294,11 +314,9 @@ def score_path(
     for out in (json_out, csv_out):
         if out is not None and not out.parent.is_dir():
             raise ScoreSetupError(f"cannot write {out}: folder {out.parent} does not exist")
-    kind, network = _load_scorer(model, _torch_device(device))
-    units, detector_note = _inputs(path, protocol, detector, mediapipe_model, syncnet_python, s3fd=s3fd, device=device)
-    results: list[ClipScore] = []
-    for unit in units:
-        results.extend(_score(kind, network, unit, vshift, batch_size))
+    kind, network = load_scorer(model, device)
+    results, detector_note = score_videos(path, kind, network, protocol, vshift=vshift, batch_size=batch_size, device=device,
+                                          detector=detector, mediapipe_model=mediapipe_model, syncnet_python=syncnet_python, s3fd=s3fd)
     report = SyncReport(model=model, kind=kind, protocol=protocol, detector=detector_note, vshift=vshift,
                         results=results, summary=summarise(results), model_sha256=model_digest(model))
     report.write(json_out, csv_out)

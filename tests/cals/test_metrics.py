@@ -237,3 +237,50 @@ def test_mouth_aperture_grows_when_the_mouth_is_stretched_open():
         stretched = landmarker.measure(opened[None])
     assert shape.lips.shape == (2, 40, 2) and np.isnan(shape.aperture[1])
     assert 0 <= shape.aperture[0] < 1 and stretched.aperture[0] > shape.aperture[0], (shape.aperture, stretched.aperture)
+
+
+def mouth68_arrangement_problems(points: np.ndarray) -> list[str]:
+    """What is wrong with ``(20, 2)`` (x, y) image positions of the 68-point scheme's mouth
+    points 48-67 on an upright frontal face (image y downwards): corners outermost, centres
+    between them, upper lip above lower lip, left half left of the right half."""
+    p = {n: points[n - 48] for n in range(48, 68)}
+    problems = []
+    outer_x = [p[n][0] for n in range(48, 60)]
+    if not (p[48][0] == min(outer_x) and p[54][0] == max(outer_x)):
+        problems.append("outer corners 48/54 are not the leftmost/rightmost outer points")
+    inner_x = [p[n][0] for n in range(60, 68)]
+    if not (p[60][0] == min(inner_x) and p[64][0] == max(inner_x)):
+        problems.append("inner corners 60/64 are not the leftmost/rightmost inner points")
+    for left, right in ((49, 53), (50, 52), (59, 55), (58, 56), (61, 63), (67, 65)):
+        if not p[left][0] < p[right][0]:
+            problems.append(f"{left} is not left of {right}")
+    for left, centre, right in ((50, 51, 52), (58, 57, 56), (61, 62, 63), (67, 66, 65)):
+        if not p[left][0] < p[centre][0] < p[right][0]:
+            problems.append(f"{centre} is not between {left} and {right}")
+    for upper, lower in ((51, 57), (50, 58), (52, 56), (62, 66), (51, 62), (66, 57)):
+        if not p[upper][1] < p[lower][1]:
+            problems.append(f"{upper} is not above {lower}")
+    return problems
+
+
+@pytest.mark.skipif(not FACE_IMAGE.is_file(), reason=f"fixture image not found at {FACE_IMAGE} (../shared is absent)")
+def test_the_68_point_mouth_mapping_is_arranged_as_the_68_point_scheme_on_a_real_face():
+    import cv2
+
+    from cals.metrics import MOUTH68_FACEMESH, MOUTH68_POINTS
+
+    assert len(MOUTH68_FACEMESH) == 20 == len(set(MOUTH68_FACEMESH)) and MOUTH68_POINTS == tuple(range(48, 68))
+    image = cv2.imread(str(FACE_IMAGE), cv2.IMREAD_COLOR)[..., ::-1]
+    crop = cv2.resize(np.ascontiguousarray(image), (128, 128), interpolation=cv2.INTER_AREA)
+    with MouthLandmarker() as landmarker:
+        shape = landmarker.measure(crop[None])
+    points = shape.mouth68[0]
+    assert shape.mouth68.shape == (1, 20, 2) and np.isfinite(points).all()
+    assert mouth68_arrangement_problems(points) == []
+    # the broken variants: a shuffled table, and the left/right or upper/lower halves swapped
+    rng = np.random.default_rng(0)
+    assert mouth68_arrangement_problems(points[rng.permutation(20)])
+    mirrored = [54, 53, 52, 51, 50, 49, 48, 59, 58, 57, 56, 55, 64, 63, 62, 61, 60, 67, 66, 65]
+    assert mouth68_arrangement_problems(points[[n - 48 for n in mirrored]])
+    flipped = [48, 59, 58, 57, 56, 55, 54, 53, 52, 51, 50, 49, 60, 67, 66, 65, 64, 63, 62, 61]
+    assert mouth68_arrangement_problems(points[[n - 48 for n in flipped]])

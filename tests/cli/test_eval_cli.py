@@ -70,17 +70,17 @@ def test_report_has_the_papers_table_and_per_clip_json(tmp_path, dataset, models
     assert result.exit_code == 0, result.output
     markdown = (tmp_path / "report.md").read_text()
     lines = markdown.splitlines()
-    header = lines.index("| method | PSNR | SSIM | LMD | LSE-D | LSE-C | PSNR-lower | aperture r |")
-    assert lines[header + 1] == "| --- | --- | --- | --- | --- | --- | --- | --- |"
+    header = lines.index("| method | PSNR | SSIM | LMD | LSE-D | LSE-C | LMD-40 | PSNR-lower | aperture r |")
+    assert lines[header + 1] == "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
     truth, method, shifted, other, gain = ([c.strip() for c in line.strip("|").split("|")] for line in lines[header + 2 : header + 7])
-    assert truth[:4] == ["ground truth", "–", "1.000", "0.000"] and truth[6:] == ["–", "1.000"]
+    assert truth[:4] == ["ground truth", "–", "1.000", "0.000"] and truth[6:] == ["0.000", "–", "1.000"]
     assert method[0] == "CALS (cals-run)"
     assert shifted[0] == "CALS (cals-run), audio shifted 20 frames" and gain[0] == "audio gain (true − shifted)"
     # one clip in the split: no other clip's audio to drive it with
     assert other[0] == "CALS (cals-run), another clip's audio (0 of 1 clips)" and set(other[1:]) == {"–"}
     # a random generator paints no face: FaceMesh finds none, so LMD and aperture r have no frame (shown "–")
-    assert method[3] == "–" and method[7] == "–"
-    assert all(float(v) == float(v) for v in truth[4:6] + method[1:3] + method[4:7] + shifted[4:7] + gain[1:3]), (truth, method)
+    assert method[3] == "–" and method[6] == "–" and method[8] == "–"
+    assert all(float(v) == float(v) for v in truth[4:6] + method[1:3] + method[4:6] + method[7:8] + shifted[4:6] + gain[1:3]), (truth, method)
     assert "FaceMesh found no face in 50 generated and 0 real frames" in markdown
     assert "SyncNet v2" in markdown and str(models["syncnet"]) in markdown
     assert "| method | PSNR" in result.output  # the table is printed too
@@ -89,7 +89,7 @@ def test_report_has_the_papers_table_and_per_clip_json(tmp_path, dataset, models
     assert report["split"] == "test" and report["sync_scorer"]["kind"] == "syncnet_v2"
     assert report["table"]["ground truth"]["PSNR"] is None
     assert report["table"]["ground truth"]["SSIM"] == pytest.approx(1.0, abs=1e-12)
-    assert report["table"]["ground truth"]["LMD"] == 0.0
+    assert report["table"]["ground truth"]["LMD"] == 0.0 and report["table"]["ground truth"]["LMD-40"] == 0.0
     assert report["table"]["ground truth"]["aperture r"] == pytest.approx(1.0)
     assert report["summary"]["clips"] == 1 and report["summary"]["clips_failed"] == 0
     assert report["summary"]["shifted_clips"] == 1 and report["summary"]["other_clips"] == 0
@@ -253,3 +253,52 @@ def test_progress_bar_in_frames_on_a_terminal_only(dataset, models):
     assert "frames/s" in shown.stderr and "50/50" in shown.stderr, shown.stderr
     assert "frames/s" not in quiet.stderr and "frames/s" not in plain.stderr
     assert "aoc2" in plain.stderr  # the per-clip line still reaches a log
+
+
+def test_lse_clips_needs_syncnet_and_a_known_corpus_protocol(tmp_path, models):
+    result = runner.invoke(app, ["--shards", str(tmp_path), "--ckpt", str(models["cals"]), "--lse-clips", "1"])
+    assert result.exit_code == 2 and "--lse-clips needs --syncnet" in one_line_error(result)
+
+
+def test_the_corpus_protocol_comes_from_prep_json(tmp_path):
+    from pipeline.eval_video import corpus_protocol
+
+    for recipe, protocol in (("lrs2", "precropped"), ("lrw", "precropped"), ("hdtf", "syncnet_python"), ("folder", "syncnet_python")):
+        (tmp_path / "prep.json").write_text(json.dumps({"command": ["cals-prep", recipe, "--root", "x"]}))
+        assert corpus_protocol(tmp_path) == (protocol, recipe)
+    (tmp_path / "prep.json").write_text(json.dumps({"command": ["/tmp/some_script.py"]}))
+    with pytest.raises(ValueError, match="pass --protocol"):
+        corpus_protocol(tmp_path)
+
+
+@pytest.mark.slow
+@needs_fixtures
+def test_full_frame_lse_scores_the_pasted_back_video_and_the_real_span(tmp_path, dataset, models):
+    """--lse-clips 1 --protocol precropped: the generated clip pasted into its 590x590 source frames
+    and the real 2 s span are each scored as a whole video; the report names protocol, weights
+    (digest) and detector. The dataset's prep.json is not a cals-prep command: without --protocol
+    the corpus protocol is unknown and that is one line."""
+    from cals.models.lip_units import file_sha256
+
+    base = ["--shards", str(dataset), "--ckpt", str(models["cals"]), "--syncnet", str(models["syncnet"]), "--lse-clips", "1", "--quiet"]
+    unknown = runner.invoke(app, base)
+    assert unknown.exit_code == 2 and "pass --protocol" in unknown.output.splitlines()[-1]
+    out = tmp_path / "report"
+    result = runner.invoke(app, [*base, "--protocol", "precropped", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "report.json").read_text())
+    full = report["full_frame"]
+    assert full["protocol"] == "precropped" and full["recipe"] is None and full["detector"] is None
+    assert full["model"] == str(models["syncnet"]) and full["model_sha256"] == file_sha256(models["syncnet"])
+    (clip,) = full["clips"]
+    assert clip["key"] == "aoc2" and clip["error"] is None, clip
+    assert len(clip["real"]) == 1 and len(clip["generated"]) == 1
+    for side in ("real", "generated"):
+        assert clip[side][0]["lse_d"] > 0 and -15 <= clip[side][0]["offset"] <= 15
+    assert full["table"]["ground truth"]["LSE-D"] == pytest.approx(clip["real"][0]["lse_d"])
+    assert full["table"]["CALS (cals-run)"]["LSE-C"] == pytest.approx(clip["generated"][0]["lse_c"])
+    # the pasted-back video is not the real one: a random generator changes the mouth region
+    assert clip["generated"][0]["lse_d"] != clip["real"][0]["lse_d"]
+    markdown = (tmp_path / "report.md").read_text()
+    assert "## Full-frame LSE (1 clips, 1 scored)" in markdown and "protocol precropped (given with --protocol)" in markdown
+    assert file_sha256(models["syncnet"])[:16] in markdown
