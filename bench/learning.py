@@ -3,6 +3,10 @@
 clips, then ``cals-eval`` on frames it never trained on. Not a test.
 
     python bench/learning.py --work /tmp/bench-learning [--steps 300] [--device cpu|cuda] [--tiny/--paper] [--results FILE]
+                             [--lip-teacher none|mouth] [--recon-lower-weight W]
+
+``--lip-teacher`` and ``--recon-lower-weight`` are the CALS stage's options of the same names
+(README "Options against the audio-blind shortcut"; default: the paper's method).
 
 Data: every ``talk_*`` fixture clip prepared with MediaPipe, each cut in time (frames
 ``[0, 0.8 T)`` train, the rest the ``test`` split: held-out frames of seen speakers, the only
@@ -82,12 +86,15 @@ def main() -> None:
     parser.add_argument("--paper", action="store_true", help="paper model sizes (default: the tiny test sizes)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared 2-core machine)")
     parser.add_argument("--results", type=Path, default=None, help="also write the numbers as JSON here")
+    parser.add_argument("--lip-teacher", default=RecipeConfig.lip_teacher, help="CALS stage: none (the paper's) or mouth (teacher forcing)")
+    parser.add_argument("--recon-lower-weight", type=float, default=RecipeConfig.recon_lower_weight, help="CALS stage: weight of the mouth rows in L_recon")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-learning-"))
     work.mkdir(parents=True, exist_ok=True)
     results: dict = {"machine": machine(), "steps_per_stage": args.steps, "batch_size": args.batch_size, "lr": args.lr,
-                     "sizes": "paper" if args.paper else "tiny", "device": args.device}
+                     "sizes": "paper" if args.paper else "tiny", "device": args.device, "lip_teacher": args.lip_teacher,
+                     "recon_lower_weight": args.recon_lower_weight}
 
     started = time.perf_counter()
     dataset, _, frames = prepare_dataset(work)
@@ -99,7 +106,8 @@ def main() -> None:
     started = time.perf_counter()
     runs = work / "runs"
     config = RecipeConfig(steps_per_stage=args.steps, batch_size=args.batch_size, lr=args.lr, device=args.device,
-                          tiny=not args.paper, workers=1, ckpt_every=args.steps)
+                          tiny=not args.paper, workers=1, ckpt_every=args.steps, lip_teacher=args.lip_teacher,
+                          recon_lower_weight=args.recon_lower_weight)
     critic_only = work / "split-no-units"
     split_in_time(iter_samples(dataset, split="train"), critic_only, TRAIN_SHARE, held_out=HELD_OUT)
     critic, loss = (TINY_CRITIC if config.tiny else SyncCriticConfig()), SyncLossConfig()

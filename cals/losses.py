@@ -29,6 +29,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from cals.models.l2f import mask_row
+
 
 def offset_similarities(anchors: torch.Tensor, candidates: torch.Tensor, offsets: int) -> torch.Tensor:
     """Cosine similarities of each anchor window with the candidate windows around it.
@@ -178,14 +180,22 @@ __all__ = ["anchor_mask", "multiway_chance_loss", "multiway_matching_loss", "off
 # --- CALS generator training (cals.train.cals): Park et al. MM'23, Eq. 5-10 ---------------------
 
 
-def reconstruction_loss(generated: torch.Tensor, target: torch.Tensor, real: Optional[torch.Tensor] = None) -> torch.Tensor:
+def reconstruction_loss(generated: torch.Tensor, target: torch.Tensor, real: Optional[torch.Tensor] = None,
+                        lower_weight: float = 1.0) -> torch.Tensor:
     """L_recon = ||Î − I||_1, the mean absolute error per pixel value (Eq. 5).
 
     Args:
         generated, target: ``(B, T, 3, H, W)`` float RGB in [0, 1].
         real: ``(B, T)`` bool, True on real frames (None: all); padded frames do not count.
+        lower_weight: weight of the rows the pose prior hides (from the mask line down, the
+            mouth) relative to the rows above (1: the paper's plain L1). The weighted mean is
+            divided by the mean weight, so the loss stays a per-pixel L1 in scale.
     """
     error = (generated - target).abs()
+    if lower_weight != 1.0:
+        rows = torch.ones(error.shape[-2], device=error.device, dtype=error.dtype)
+        rows[mask_row(error.shape[-2]) :] = lower_weight
+        error = error * (rows / rows.mean())[:, None]
     if real is None:
         return error.mean()
     return error[real].mean()

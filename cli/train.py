@@ -28,7 +28,7 @@ from cals.models.l2f import LipToFaceConfig
 from cals.models.sync_critic import SyncCriticConfig
 from cals.models.tiny import TINY_CRITIC, TINY_DISCRIMINATOR, TINY_WINDOW, tiny_a2l_config, tiny_cals_config
 from cals.stream import PAPER_AUGMENT, REFERENCE_RULES, AugmentConfig, StreamConfig, noise_files_in
-from cals.train.cals import A2L_CONTEXTS, CalsLossConfig, CalsTask
+from cals.train.cals import A2L_CONTEXTS, LIP_TEACHERS, CalsLossConfig, CalsTask
 from cals.train.config import TrainConfig
 from cals.train.sync_critic import SyncLossConfig
 from cli.common import err, fail, keyword_parameters, new_app, one_line, register_command, run_app
@@ -66,6 +66,9 @@ def _csv(values: tuple[int, ...]) -> str:
 
 # The augmentation flags of `cals-train a2l`, `cals-train cals` and the recipe; defaults from
 # cals.stream.PAPER_AUGMENT (SpecAugment on, as the paper; noise only with --noise-dir).
+# The CALS options the recipe shares with `cals-train cals` (defaults: the paper's method).
+LIP_TEACHER_OPTION = typer.Option(CalsTask.lip_teacher, "--lip-teacher", help=f"CALS teacher forcing of the lip units: {' or '.join(LIP_TEACHERS)} (mouth: on --teacher-share of the windows the generator reads units a small encoder makes from the target's own lower face, and A2L is pulled to them by --lambda-units; not the paper's, see README 'Audio dependence') [default: none, the paper's].")
+RECON_LOWER_WEIGHT_OPTION = typer.Option(CalsLossConfig.recon_lower_weight, "--recon-lower-weight", min=1e-6, help="CALS: weight of the masked rows (the mouth) in L_recon relative to the rows above [default: 1, the paper's plain L1].")
 NOISE_DIR_OPTION = typer.Option(None, "--noise-dir", help="Folder of noise .wav files (e.g. DEMAND) mixed into the audio [default: no noise, cals ships no noise corpus].")
 SNR_MIN_OPTION = typer.Option(PAPER_AUGMENT.snr_db[0], "--snr-min", help="Lowest noise SNR, dB.")
 SNR_MAX_OPTION = typer.Option(PAPER_AUGMENT.snr_db[1], "--snr-max", help="Highest noise SNR, dB.")
@@ -100,6 +103,8 @@ def _app(
     keep_units: bool = typer.Option(RecipeConfig.keep_units, "--keep-units", help="Recipe: keep the lip units already in the shards even when another model made them [default: re-extract them from the recipe's critic or --lip-model]."),
     tiny: bool = typer.Option(RecipeConfig.tiny, "--tiny", help=f"Recipe: {TINY_HELP}"),
     quiet: bool = typer.Option(False, "--quiet", help="Recipe: no progress bars."),
+    lip_teacher: str = LIP_TEACHER_OPTION,
+    recon_lower_weight: float = RECON_LOWER_WEIGHT_OPTION,
     noise_dir: Optional[Path] = NOISE_DIR_OPTION,
     snr_min: float = SNR_MIN_OPTION,
     snr_max: float = SNR_MAX_OPTION,
@@ -122,7 +127,8 @@ def _app(
     try:
         config = RecipeConfig(steps_per_stage=steps_per_stage, batch_size=batch_size, lr=lr, device=device, seed=seed,
                               ckpt_every=ckpt_every, lip_model=str(lip_model) if lip_model else None, keep_units=keep_units,
-                              workers=workers, tiny=tiny, augment=augment_config(noise_dir, snr_min, snr_max, noise_prob, time_masks, freq_masks))
+                              workers=workers, tiny=tiny, augment=augment_config(noise_dir, snr_min, snr_max, noise_prob, time_masks, freq_masks),
+                              lip_teacher=lip_teacher, recon_lower_weight=recon_lower_weight)
         stages = run_recipe(shards, out, config, log=lambda line: err.print(line, highlight=False), show_progress=not quiet)
     except (FileNotFoundError, FileExistsError, ValueError, ShardMismatch) as error:
         fail(str(error))
@@ -284,6 +290,11 @@ def cals_task(
     tiny: bool = typer.Option(RecipeConfig.tiny, "--tiny", help=f"Sizes (--widths, --lip-channels, --disc-widths; A2L's without --a2l): {TINY_HELP}"),
     reference: str = typer.Option(CalsTask.reference, "--reference", help=f"Training reference frame: {' or '.join(REFERENCE_RULES)} (drawn outside the window and {REFERENCE_MARGIN_FRAMES} frames around it; in-window: the old draw, targets included, for ablations)."),
     a2l_context: str = typer.Option(CalsTask.a2l_context, "--a2l-context", help=f"What Audio-to-Lip reads in training: {' or '.join(A2L_CONTEXTS)} (utterance: the whole clip as at inference, sliced to the window; window: the window's audio only, for ablations)."),
+    lip_teacher: str = LIP_TEACHER_OPTION,
+    teacher_share: float = typer.Option(CalsTask.teacher_share, "--teacher-share", min=0.0, max=1.0, help="With --lip-teacher mouth: share of the windows generated from the teacher's units."),
+    teacher_code_dim: int = typer.Option(CalsTask.teacher_code_dim, "--teacher-code-dim", min=1, help="With --lip-teacher mouth: numbers in the teacher's bottleneck."),
+    lambda_units: float = typer.Option(CalsLossConfig.lambda_units, "--lambda-units", min=0.0, help="With --lip-teacher mouth: weight of the MSE of A2L's units to the teacher's."),
+    recon_lower_weight: float = RECON_LOWER_WEIGHT_OPTION,
     noise_dir: Optional[Path] = NOISE_DIR_OPTION,
     snr_min: float = SNR_MIN_OPTION,
     snr_max: float = SNR_MAX_OPTION,
@@ -308,11 +319,12 @@ def cals_task(
     config = CalsConfig(a2l=a2l_config, l2f=l2f, window=window)
     losses = CalsLossConfig(lambda_recon=lambda_recon, lambda_gan=lambda_gan, lambda_sync=lambda_sync if critic is not None else 0.0,
                             sync_after=sync_after, ema_decay=ema_decay, plateau_steps=plateau_steps, plateau_tol=plateau_tol,
-                            sync_segments=sync_segments)
+                            sync_segments=sync_segments, recon_lower_weight=recon_lower_weight, lambda_units=lambda_units)
     task = CalsTask(config, losses, discriminator,
                     a2l_init=str(a2l) if a2l is not None else None, critic=str(critic) if critic is not None else None,
                     freeze_a2l=freeze_a2l, preview_every=preview_every, reference=reference, a2l_context=a2l_context,
-                    augment=augment_config(noise_dir, snr_min, snr_max, noise_prob, time_masks, freq_masks))
+                    augment=augment_config(noise_dir, snr_min, snr_max, noise_prob, time_masks, freq_masks),
+                    lip_teacher=lip_teacher, teacher_share=teacher_share, teacher_code_dim=teacher_code_dim)
     return task, {"window": window}
 
 

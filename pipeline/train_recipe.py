@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from cals.stream import PAPER_AUGMENT, AugmentConfig
+from cals.train.cals import CalsLossConfig, CalsTask
 
 #: Stage folders under the recipe's ``out``.
 STAGES = ("sync", "a2l", "cals")
@@ -55,6 +56,8 @@ class RecipeConfig:
         tiny: small widths everywhere (tests).
         augment: audio augmentation of the A2L and CALS stages (the paper's SpecAugment by
             default; noise only with noise files).
+        lip_teacher, recon_lower_weight: the CALS stage's ``CalsTask.lip_teacher`` and
+            ``CalsLossConfig.recon_lower_weight`` (defaults: the paper's, no teacher, plain L1).
     """
 
     steps_per_stage: int = 1000
@@ -69,6 +72,8 @@ class RecipeConfig:
     workers: Optional[int] = None
     tiny: bool = False
     augment: AugmentConfig = PAPER_AUGMENT
+    lip_teacher: str = CalsTask.lip_teacher
+    recon_lower_weight: float = CalsLossConfig.recon_lower_weight
 
 
 def stage_done(folder: Path, steps: int) -> bool:
@@ -187,8 +192,9 @@ def run_recipe(shards: str | Path, out: str | Path, config: RecipeConfig = Recip
     started = _saved_run(folders["cals"]).get("task_config", {})  # a run already started keeps its periods
     plateau = started.get("loss", {}).get("plateau_steps") or max(1, min(PLATEAU_STEPS_MAX, steps // PLATEAU_CHECKS_PER_STAGE))
     preview_every = started.get("preview_every") or max(1, steps // PLATEAU_CHECKS_PER_STAGE)
-    task = CalsTask(model_config, CalsLossConfig(plateau_steps=plateau), disc, a2l_init=str(folders["a2l"]), augment=config.augment,
-                    critic=str(folders["sync"]), preview_every=preview_every)
+    task = CalsTask(model_config, CalsLossConfig(plateau_steps=plateau, recon_lower_weight=config.recon_lower_weight), disc,
+                    a2l_init=str(folders["a2l"]), augment=config.augment, critic=str(folders["sync"]), preview_every=preview_every,
+                    lip_teacher=config.lip_teacher)
     done["cals"] = "skipped"
     if _stage(4, "CALS", folders["cals"], steps, log):
         run(task, _train(shards, folders["cals"], config, window), show_progress)

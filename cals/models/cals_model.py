@@ -104,11 +104,20 @@ class CalsModel(nn.Module):
         return units.gather(1, index[..., None].expand(-1, -1, units.shape[-1]))
 
     def forward(self, mel: torch.Tensor, real: torch.Tensor, reference: torch.Tensor, prior: torch.Tensor,
-                offset: Optional[torch.Tensor] = None) -> torch.Tensor:
+                offset: Optional[torch.Tensor] = None, teacher: Optional[torch.Tensor] = None,
+                use_teacher: Optional[torch.Tensor] = None) -> Any:
         """Training form: ``reference (B, 3, H, W)``, ``prior (B, W, 3, H, W)`` pose priors, and the
         audio as :meth:`window_units` reads it (``mel``, ``real``, ``offset``) → ``(B, W, 3, H, W)``.
-        With ``offset`` A2L reads the whole utterance, as at inference (:meth:`generate`)."""
-        return self.generator(self.window_units(mel, real, offset, prior.shape[1]), reference, prior)
+        With ``offset`` A2L reads the whole utterance, as at inference (:meth:`generate`).
+
+        Teacher forcing (training only, :mod:`cals.models.mouth_encoder`): with ``teacher``
+        ``(B, W, D)`` units and ``use_teacher`` ``(B,)`` bool, the windows marked True are generated
+        from ``teacher`` instead of A2L's units, and the result is ``(generated, a2l_units)``."""
+        units = self.window_units(mel, real, offset, prior.shape[1])
+        if teacher is None:
+            return self.generator(units, reference, prior)
+        chosen = torch.where(use_teacher.to(units.device)[:, None, None], teacher.to(units.dtype), units)
+        return self.generator(chosen, reference, prior), units
 
     @torch.no_grad()
     def generate(self, mel: torch.Tensor, reference: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

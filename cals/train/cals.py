@@ -39,6 +39,14 @@ first time it improved by less than ``plateau_tol`` (relative), λ3 is on for go
 the compared average is the mean over ranks (one all-reduce per comparison), so every rank
 switches at the same step. Without a critic λ3 is 0 throughout, and the run's config says so.
 
+**Against the audio-blind shortcut** (not in the paper; off by default, one flag each):
+``lip_teacher="mouth"`` adds a training-only encoder (:mod:`cals.models.mouth_encoder`) of the
+target's own lower face; on a ``teacher_share`` of the windows (drawn per window) the generator
+reads its units instead of A2L's, and ``lambda_units`` · MSE(A2L units, detached teacher units)
+joins L_gen, so the generator learns to follow units that carry the mouth and A2L learns to
+make them from the audio (the teacher's weights are resume state, not model weights).
+``CalsLossConfig.recon_lower_weight`` weights the masked rows of L_recon.
+
 **Validation** (fixed val windows): L1 and PSNR of the generated frames, with the paper's
 inference inputs (the window's first frame as reference, pose priors from the targets), next to
 two baselines: *copy the reference* (output the reference frame) and *paste* (the target's upper
@@ -68,6 +76,7 @@ from cals.models.a2l import A2LConfig
 from cals.models.cals_model import TASK_NAME, CalsConfig, CalsModel
 from cals.models.discriminator import DiscriminatorConfig, PatchDiscriminator
 from cals.models.l2f import pose_prior
+from cals.models.mouth_encoder import MouthEncoder, MouthEncoderConfig
 from cals.settings import json_ready
 from cals.stream import PAPER_AUGMENT, REFERENCE_OUTSIDE, REFERENCE_RULES, AugmentConfig
 from cals.train.config import TrainConfig
@@ -82,6 +91,12 @@ PREVIEW_DIR = "previews"
 A2L_CONTEXT_UTTERANCE = "utterance"
 A2L_CONTEXT_WINDOW = "window"
 A2L_CONTEXTS = (A2L_CONTEXT_UTTERANCE, A2L_CONTEXT_WINDOW)
+#: ``CalsTask.lip_teacher``: no teacher (the paper's), or the learned mouth encoder
+#: (:mod:`cals.models.mouth_encoder`) whose units from the target's own lower face drive the
+#: generator on a share of the windows.
+LIP_TEACHER_NONE = "none"
+LIP_TEACHER_MOUTH = "mouth"
+LIP_TEACHERS = (LIP_TEACHER_NONE, LIP_TEACHER_MOUTH)
 #: Row titles of a preview image, top to bottom.
 PREVIEW_ROWS = ("reference", "ground truth", "generated")
 #: Height of the title band drawn over the top-left corner of each preview row, pixels.
@@ -101,6 +116,10 @@ class CalsLossConfig:
             L_recon counts as converged.
         sync_segments: S, segments of t_s frames per window for L_sync.
         vv_temperature: cosine temperature of d_vv (1: the paper's form).
+        recon_lower_weight: weight of the masked rows (the mouth) in L_recon relative to the
+            rows above (1: the paper's plain L1; :func:`cals.losses.reconstruction_loss`).
+        lambda_units: with a lip teacher, weight of the MSE between A2L's units and the
+            (detached) teacher's units (``CalsTask.lip_teacher``; unused without one).
     """
 
     lambda_recon: float = 10.0
@@ -112,6 +131,8 @@ class CalsLossConfig:
     plateau_tol: float = 0.01
     sync_segments: int = 4
     vv_temperature: float = 1.0
+    recon_lower_weight: float = 1.0
+    lambda_units: float = 1.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.ema_decay < 1.0:
@@ -122,6 +143,10 @@ class CalsLossConfig:
             raise ValueError(f"sync_segments must be >= 1, got {self.sync_segments}")
         if self.sync_after is not None and self.sync_after < 0:
             raise ValueError(f"sync_after must be >= 0, got {self.sync_after}")
+        if self.recon_lower_weight <= 0:
+            raise ValueError(f"recon_lower_weight must be > 0, got {self.recon_lower_weight}")
+        if self.lambda_units < 0:
+            raise ValueError(f"lambda_units must be >= 0, got {self.lambda_units}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -247,6 +272,11 @@ class CalsTask:
             module docstring).
         a2l_context: ``"utterance"`` or ``"window"`` (ablation): what A2L reads in training.
         augment: audio augmentation of the training windows (validation is never augmented).
+        lip_teacher: ``"none"`` (the paper's) or ``"mouth"``: teacher forcing from the target's
+            own lower face (:mod:`cals.models.mouth_encoder`; module docstring).
+        teacher_share: share of the windows generated from the teacher's units (the rest from
+            A2L's), drawn per window.
+        teacher_code_dim: the teacher's bottleneck size.
     """
 
     config: CalsConfig
@@ -259,6 +289,9 @@ class CalsTask:
     reference: str = REFERENCE_OUTSIDE
     a2l_context: str = A2L_CONTEXT_UTTERANCE
     augment: AugmentConfig = PAPER_AUGMENT
+    lip_teacher: str = LIP_TEACHER_NONE
+    teacher_share: float = 0.5
+    teacher_code_dim: int = 16
     name: str = TASK_NAME
     logger: Any = None  # set by the loop (images to TensorBoard)
 
@@ -267,6 +300,10 @@ class CalsTask:
             raise ValueError(f"reference must be one of {', '.join(REFERENCE_RULES)}, got {self.reference!r}")
         if self.a2l_context not in A2L_CONTEXTS:
             raise ValueError(f"a2l_context must be one of {', '.join(A2L_CONTEXTS)}, got {self.a2l_context!r}")
+        if self.lip_teacher not in LIP_TEACHERS:
+            raise ValueError(f"lip_teacher must be one of {', '.join(LIP_TEACHERS)}, got {self.lip_teacher!r}")
+        if not 0.0 <= self.teacher_share <= 1.0:
+            raise ValueError(f"teacher_share must be in [0, 1], got {self.teacher_share}")
 
     def notes(self) -> list[str]:
         """Warnings about this run's settings (also written to config.json)."""
@@ -285,7 +322,8 @@ class CalsTask:
         return {"model": self.config.to_dict(), "loss": self.losses.to_dict(), "discriminator": self.discriminator.to_dict(),
                 "a2l_init": self.a2l_init, "critic": self.critic, "freeze_a2l": self.freeze_a2l,
                 "preview_every": self.preview_every, "reference": self.reference, "a2l_context": self.a2l_context,
-                "augment": json_ready(self.augment), "warnings": self.notes()}
+                "augment": json_ready(self.augment), "lip_teacher": self.lip_teacher, "teacher_share": self.teacher_share,
+                "teacher_code_dim": self.teacher_code_dim, "warnings": self.notes()}
 
     def stream_overrides(self) -> dict[str, Any]:
         return {"frames": True, "lip_units": False, "reference": self.reference, "augment": self.augment,
@@ -317,7 +355,15 @@ class CalsTask:
             ids = [device.index] if device.type == "cuda" else None
             self.model = torch.nn.parallel.DistributedDataParallel(self.module, device_ids=ids)
             self.disc = torch.nn.parallel.DistributedDataParallel(self.disc_module, device_ids=ids)
+        self.teacher_module = self.teacher = None
+        if self.lip_teacher == LIP_TEACHER_MOUTH:
+            self.teacher_module = MouthEncoder(MouthEncoderConfig(self.config.a2l.unit_dim, self.teacher_code_dim)).to(device)
+            self.teacher = self.teacher_module
+            if distributed:
+                self.teacher = torch.nn.parallel.DistributedDataParallel(self.teacher_module, device_ids=ids)
         self.trainable = [p for p in self.module.parameters() if p.requires_grad]
+        if self.teacher_module is not None:
+            self.trainable += list(self.teacher_module.parameters())
         self.optimizer = torch.optim.Adam(self.trainable, lr=train.lr)
         self.disc_optimizer = torch.optim.Adam(self.disc_module.parameters(), lr=train.lr)
         self.critic_module = None
@@ -388,14 +434,21 @@ class CalsTask:
         mel, real = batch["mel"].to(self.device), batch["mask"].to(self.device)
         reference = _as_reference(batch, self.device)
         a2l_mel, a2l_real, offset = self.audio_inputs(batch)
+        teacher_metrics: dict[str, torch.Tensor] = {}
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            generated = self.model(a2l_mel, a2l_real, reference, pose_prior(target), offset)
+            if self.teacher is None:
+                generated = self.model(a2l_mel, a2l_real, reference, pose_prior(target), offset)
+            else:
+                teacher = self.teacher(target.flatten(0, 1)).reshape(*target.shape[:2], -1)
+                use = torch.tensor([self.rng.random() < self.teacher_share for _ in range(len(target))], device=self.device)
+                generated, units = self.model(a2l_mel, a2l_real, reference, pose_prior(target), offset, teacher, use)
+                teacher_metrics["units"] = (units.float() - teacher.detach().float()).pow(2).mean(-1)[real].mean()
         generated = generated.float()
         fake_frames, real_frames = generated[real], target[real]
 
         # generator
         sync_on = self.schedule.active(step)
-        recon = reconstruction_loss(generated, target, real)
+        recon = reconstruction_loss(generated, target, real, self.losses.recon_lower_weight)
         # D's weights get no gradient from L_gen; the unwrapped module keeps DDP's reducer out of it
         self.disc_module.requires_grad_(False)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
@@ -403,7 +456,10 @@ class CalsTask:
         gan = generator_gan_loss(fake_logits.float())
         self.disc_module.requires_grad_(True)
         loss = self.losses.lambda_recon * recon + self.losses.lambda_gan * gan
-        metrics: dict[str, float] = {"reference_fallback": float((batch["reference_gap"] <= REFERENCE_MARGIN_FRAMES).float().mean())}
+        if teacher_metrics:
+            loss = loss + self.losses.lambda_units * teacher_metrics["units"]
+        metrics: dict[str, float] = {"reference_fallback": float((batch["reference_gap"] <= REFERENCE_MARGIN_FRAMES).float().mean()),
+                                     **{k: v.item() for k, v in teacher_metrics.items()}}
         starts = self._segment_starts(batch["lengths"], self.losses.sync_segments) if sync_on else None
         if starts is not None:
             sync = self.sync_losses(generated, target, mel, starts)
@@ -538,7 +594,8 @@ class CalsTask:
     def state(self) -> dict[str, Any]:
         return {"optimizer": self.optimizer.state_dict(), "discriminator": self.disc_module.state_dict(),
                 "disc_optimizer": self.disc_optimizer.state_dict(), "schedule": self.schedule.state(),
-                "task_rng": self.rng.getstate()}
+                "task_rng": self.rng.getstate(),
+                **({"teacher": self.teacher_module.state_dict()} if self.teacher_module is not None else {})}
 
     def load_state(self, weights: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
         self.module.load_state_dict(weights)
@@ -547,6 +604,8 @@ class CalsTask:
         self.disc_optimizer.load_state_dict(state["disc_optimizer"])
         self.schedule.load_state(state["schedule"])
         self.rng.setstate(state["task_rng"])
+        if self.teacher_module is not None:
+            self.teacher_module.load_state_dict(state["teacher"])
 
 
 __all__ = ["A2L_CONTEXTS", "A2L_CONTEXT_UTTERANCE", "A2L_CONTEXT_WINDOW", "CalsLossConfig", "CalsTask", "SyncSchedule",
