@@ -13,7 +13,7 @@ from cals.models.s3fd import (
     KEEP_TOP_K, NMS_CANDIDATES, NMS_FINAL, NMS_PER_SCALE, PRIOR_MIN_SIZES, PRIOR_STEPS, S3FD, S3FD_WEIGHTS_URL,
     S3FDNet, decode, load_s3fd, nms, prior_boxes,
 )
-from tests.conftest import FIXTURE_VIDEO, needs_fixtures
+from tests.conftest import FIXTURE_VIDEO
 
 
 def random_state(face_bias: float = 4.0) -> dict[str, torch.Tensor]:
