@@ -19,12 +19,17 @@ from rich.console import Console
 
 from cals.constants import SYNC_MAX_OFFSET, SYNC_MIN_CONF, SYNCNET_BATCH_SIZE, SYNCNET_VSHIFT
 from cli.common import DetectorName, MediapipeModel, err, fail, keyword_parameters, new_app, plain_values, register_command, run_app
+from pipeline.io import DECODERS
 from pipeline.prep_job import NothingPrepared, PrepJobError, PrepOptions, prepare_dataset
 from pipeline.recipes.lrs2 import MAIN_SUBSET as LRS2_DEFAULT_SUBSET, SUBSET_CHOICES as LRS2_SUBSETS
 from pipeline.recipes.lrs3 import DEFAULT_SUBSET as LRS3_DEFAULT_SUBSET, LRS3_VAL_SHARE, SUBSET_CHOICES as LRS3_SUBSETS
 from pipeline.recipes.voxceleb2 import DEFAULT_SUBSET as VOX2_DEFAULT_SUBSET, SUBSET_CHOICES as VOX2_SUBSETS, VOX2_VAL_SHARE
 
 app = new_app(__doc__)
+
+
+#: ``--decoder`` choices (pipeline.io.DECODERS).
+DecoderName = Enum("DecoderName", {name: name for name in DECODERS}, type=str)
 
 
 class TracksMode(str, Enum):
@@ -64,6 +69,7 @@ def _common_options(
     min_sharpness: float = typer.Option(PrepOptions.min_sharpness, "--min-sharpness", min=0.0, help="--tracks all|speaker: drop tracks whose crops' median variance of the Laplacian is lower (blurry)."),
     max_interpolated: float = typer.Option(PrepOptions.max_interpolated, "--max-interpolated", min=0.0, max=1.0, help="--tracks all|speaker: drop tracks with a larger share of examined frames without their own detection (interpolated)."),
     max_seconds: Optional[float] = typer.Option(None, "--max-seconds", min=0.04, help="--tracks all|speaker: split longer tracks into consecutive samples, at the quietest frame of the last quarter before the limit."),
+    decoder: DecoderName = typer.Option(DecoderName(PrepOptions.decoder), "--decoder", help="pyav: decode in-process with PyAV (FFmpeg's filters, no process per clip); ffmpeg: ffprobe + one ffmpeg process per stream (the path of runs before --decoder)."),
     fail_fast: bool = typer.Option(False, "--fail-fast", help="Stop at the first unexpected error instead of recording it (debugging)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar or summary table."),
 ) -> None:

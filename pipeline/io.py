@@ -1,5 +1,11 @@
 """The ffmpeg edge: probe a media file, stream its frames at 25 fps, read its audio at 16 kHz.
 
+Two decode paths give the same frames (``decoder=``, :data:`DECODERS`): ``"pyav"`` (the default)
+runs FFmpeg's demuxer, decoders and filter graph in this process (:mod:`pipeline.decode_pyav`:
+no process per clip); ``"ffmpeg"`` runs ``ffprobe`` and one ``ffmpeg`` process per stream (the
+path before issue 12). Measured in BENCHMARKS.md ("Decode path"); the differences (audio ±1 LSB
+on a few samples, container duration) in docs/shard-format.md.
+
 All commands are argument lists (no shell), the input is passed as ``file:<absolute path>`` so
 names with spaces, quotes, ``$(...)``, colons or a leading dash are read literally.
 
@@ -25,6 +31,17 @@ import numpy as np
 
 from cals.constants import FPS, SAMPLE_RATE
 from pipeline.errors import ClipError
+
+
+#: Decode paths: "pyav" in-process (pipeline.decode_pyav), "ffmpeg" ffprobe + one process per stream.
+DECODERS = ("pyav", "ffmpeg")
+#: The default decode path (prep's ``--decoder``; recorded in prep.json through PrepParams).
+DEFAULT_DECODER = "pyav"
+
+
+def _check_decoder(decoder: str) -> None:
+    if decoder not in DECODERS:
+        raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
 
 
 @dataclass(frozen=True)
@@ -110,12 +127,18 @@ def _rotation(stream: dict) -> int:
     return int(float(stream.get("tags", {}).get("rotate", 0))) % 360
 
 
-def probe(path: str | Path, require_video: bool = True) -> MediaInfo:
-    """ffprobe a file. Raises ClipError (empty_file, unreadable, no_video).
+def probe(path: str | Path, require_video: bool = True, decoder: str = DEFAULT_DECODER) -> MediaInfo:
+    """Probe a file (``decoder="ffmpeg"``: ffprobe; "pyav": the same fields in-process, whose
+    ``duration_s`` is the bundled libavformat's). Raises ClipError (empty_file, unreadable, no_video).
 
     ``require_video=False`` accepts an audio-only file (a WAV): its MediaInfo then has width,
     height and fps 0 and ``video_codec`` "none".
     """
+    _check_decoder(decoder)
+    if decoder == "pyav":
+        from pipeline import decode_pyav
+
+        return decode_pyav.probe(path, require_video)
     path = str(path)
     if os.path.getsize(path) == 0:
         raise ClipError("empty_file", path)
@@ -179,14 +202,25 @@ class _StderrDrain(threading.Thread):
 DECODE_THREADS = 2
 
 
-def iter_frames(info: MediaInfo, window: Window = FULL, threads: int = DECODE_THREADS) -> Iterator[np.ndarray]:
+def iter_frames(info: MediaInfo, window: Window = FULL, threads: int = DECODE_THREADS,
+                decoder: str = DEFAULT_DECODER) -> Iterator[np.ndarray]:
     """Stream the video (inside ``window``) as ``(H, W, 3)`` uint8 RGB frames at exactly 25 fps,
     one at a time.
 
     Memory stays at one frame (plus ffmpeg's pipe buffer) whatever the clip length.
-    ``threads`` is ffmpeg's decoder thread count (0 = ffmpeg's automatic choice).
-    Raises ClipError("decode_error") if ffmpeg exits non-zero.
+    ``threads`` is the decoder's thread count (0 = FFmpeg's automatic choice).
+    Raises ClipError("decode_error") if decoding fails.
     """
+    _check_decoder(decoder)
+    if decoder == "pyav":
+        from pipeline import decode_pyav
+
+        return decode_pyav.iter_frames(info, window, threads)
+    return _ffmpeg_frames(info, window, threads)
+
+
+def _ffmpeg_frames(info: MediaInfo, window: Window, threads: int) -> Iterator[np.ndarray]:
+    """:func:`iter_frames` through one ffmpeg process."""
     stream = ffmpeg.input(ffmpeg_input(info.path), threads=threads, **window.input_options()).video
     if window.crop:
         x, y, w, h = window.crop
@@ -217,14 +251,19 @@ def iter_frames(info: MediaInfo, window: Window = FULL, threads: int = DECODE_TH
         raise ClipError("decode_error", _first_line(drain.text()) or f"ffmpeg exit code {returncode}")
 
 
-def read_audio(info: MediaInfo, window: Window = FULL) -> np.ndarray:
-    """The audio track (inside ``window``'s span) as ``(N,)`` int16 mono at 16 kHz (ffmpeg's
+def read_audio(info: MediaInfo, window: Window = FULL, decoder: str = DEFAULT_DECODER) -> np.ndarray:
+    """The audio track (inside ``window``'s span) as ``(N,)`` int16 mono at 16 kHz (FFmpeg's
     downmix and resampler).
 
-    Raises ClipError("no_audio") without an audio stream, ("decode_error") if ffmpeg fails.
+    Raises ClipError("no_audio") without an audio stream, ("decode_error") if decoding fails.
     """
+    _check_decoder(decoder)
     if not info.has_audio:
         raise ClipError("no_audio", "the file has no audio stream")
+    if decoder == "pyav":
+        from pipeline import decode_pyav
+
+        return decode_pyav.read_audio(info, window)
     command = (
         ffmpeg.input(ffmpeg_input(info.path), **window.input_options())
         .audio.filter("aresample", **{"async": 1, "first_pts": 0})

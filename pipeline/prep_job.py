@@ -76,6 +76,7 @@ class PrepOptions:
     min_sharpness: float = QualityParams.min_sharpness
     max_interpolated: float = QualityParams.max_interpolated
     max_seconds: Optional[float] = None
+    decoder: str = PrepParams.decoder
     fail_fast: bool = False
     quiet: bool = False
 
@@ -96,6 +97,7 @@ class PrepOptions:
             sync_digest=_sha256(self.sync_model) if speaker else None,
             min_conf=self.min_conf if speaker else PrepParams.min_conf,
             max_seconds=self.max_seconds,
+            decoder=self.decoder,
             detector=self.detector,
             mediapipe_model=self.mediapipe_model,
             detect_every=self.detect_every,

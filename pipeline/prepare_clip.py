@@ -18,6 +18,7 @@ Memory holds the encoded crops and the audio, never the decoded video.
 
 from __future__ import annotations
 
+from contextlib import closing, nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Optional
 
@@ -29,8 +30,9 @@ from cals.metrics import LIP_LANDMARKS, MouthLandmarker
 from cals.shard_format import JPEG_QUALITY_DEFAULT, decode_frames, encode_frames, pack_sample
 from pipeline import PIPELINE_VERSION
 from pipeline.errors import ClipError
-from pipeline.io import MediaInfo, Window, iter_frames, probe, read_audio
+from pipeline.io import DECODERS, DEFAULT_DECODER, MediaInfo, Window, iter_frames, probe, read_audio
 from pipeline.manifest import ClipSource
+from pipeline.overlap import InThread, prefetch
 from pipeline.stages.crop import CropParams
 from pipeline.stages.detect import Detector
 from pipeline.stages.face import face_track
@@ -41,12 +43,15 @@ from pipeline.stages.track import TrackParams
 #: A decode shorter than this share of the promised frames is reported as truncated.
 TRUNCATION_RATIO = 0.9
 
+
 #: ``--tracks``: one dominant track per clip (the pre-cropped corpora), every track, the speakers.
 TRACK_MODES = ("dominant", "all", "speaker")
 #: ``--min-track`` default, 25 fps frames: 2 s, as LatentSync's data pipeline (syncnet_python
 #: keeps tracks of more than 100 detections for scoring whole videos; 2 s is already 10 of
 #: SyncNet's 5-frame windows either side of the ±15 offset search and 4 of the trainers' windows).
 MIN_TRACK_FRAMES = 50
+#: The decode path of runs before ``--decoder`` existed (a prep.json without ``decoder``).
+LEGACY_DECODER = "ffmpeg"
 #: PrepParams fields of the scene/track steps; left out of :meth:`PrepParams.to_dict` while at
 #: their defaults, so a dominant run without scenes keeps the digest (and prep.json) it had.
 TRACK_FIELDS = ("tracks", "scenes", "scene", "min_track", "quality", "sync_model", "sync_digest", "min_conf", "max_seconds")
@@ -81,8 +86,12 @@ class PrepParams:
     sync_digest: Optional[str] = None
     min_conf: float = SYNC_MIN_CONF
     max_seconds: Optional[float] = None
+    #: decode path (pipeline.io.DECODERS); a prep.json without it was decoded with "ffmpeg"
+    decoder: str = DEFAULT_DECODER
 
     def __post_init__(self) -> None:
+        if self.decoder not in DECODERS:
+            raise ValueError(f"--decoder must be one of {', '.join(DECODERS)}, got {self.decoder!r}")
         if self.detect_every < 1:
             raise ValueError(f"detect_every must be >= 1, got {self.detect_every}")
         if not 90 <= self.jpeg_quality <= 100:
@@ -99,11 +108,15 @@ class PrepParams:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         defaults = asdict(PrepParams())
-        return {k: v for k, v in data.items() if k not in TRACK_FIELDS or v != defaults[k]}
+        kept = {k: v for k, v in data.items() if k not in TRACK_FIELDS or v != defaults[k]}
+        if kept["decoder"] == LEGACY_DECODER:  # the digest (and prep.json) of a run before --decoder
+            del kept["decoder"]
+        return kept
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "PrepParams":
         data = dict(data)
+        data.setdefault("decoder", LEGACY_DECODER)
         data["track"] = TrackParams(**data["track"])
         data["crop"] = CropParams(**data["crop"])
         if "scene" in data:
@@ -145,7 +158,7 @@ def validate_clip(source: ClipSource, params: PrepParams) -> tuple[MediaInfo, Wi
     pixels) and the 25 fps frames the container promises for it. Raises ClipError
     (``bad_window``, ``no_audio``, ``too_short`` and the reasons of :func:`pipeline.io.probe`).
     """
-    info: MediaInfo = probe(source.path)
+    info: MediaInfo = probe(source.path, decoder=params.decoder)
     window = Window(source.start_s, source.end_s, tuple(source.crop) if source.crop else None)
     try:
         info.check(window)
@@ -196,16 +209,19 @@ def clip_faces(
     uint8 crop, never the decoded frames."""
     offset_x, offset_y = (window.crop[0], window.crop[1]) if window.crop else (0, 0)
     faces = ClipFaces()
-    if frames is None:
-        frames = iter_frames(info, window)
-    for face in face_track(frames, detector, params.track, params.crop, params.detect_every):
-        x0, y0, x1, y1 = face.square
-        faces.crops.append(keep(face.crop))
-        faces.boxes.append((x0 + offset_x, y0 + offset_y, x1 + offset_x, y1 + offset_y))
-        faces.scores.append(face.score)
-        if face.examined:
-            faces.examined += 1
-            faces.faces_seen = max(faces.faces_seen, face.faces)
+    decoded = None
+    if frames is None:  # decode runs ahead in a thread (pipeline.overlap), keep (JPEG) behind in another
+        frames = decoded = prefetch(iter_frames(info, window, decoder=params.decoder))
+    with closing(decoded) if decoded is not None else nullcontext(), InThread(keep) as kept:
+        for face in face_track(frames, detector, params.track, params.crop, params.detect_every):
+            x0, y0, x1, y1 = face.square
+            kept.submit(face.crop)
+            faces.boxes.append((x0 + offset_x, y0 + offset_y, x1 + offset_x, y1 + offset_y))
+            faces.scores.append(face.score)
+            if face.examined:
+                faces.examined += 1
+                faces.faces_seen = max(faces.faces_seen, face.faces)
+        faces.crops = kept.results()
     return faces
 
 
@@ -337,7 +353,7 @@ def process_clip(source: ClipSource, params: PrepParams, detector: Detector) -> 
     """Prepare one clip: validate → audio → face (crops JPEG-encoded as they come) → checks →
     lip top → encode. Raises ClipError with a reason for any input it cannot use."""
     info, window, expected = validate_clip(source, params)
-    audio = read_audio(info, window)
+    audio = read_audio(info, window, decoder=params.decoder)
     faces = clip_faces(info, window, detector, params, keep=lambda crop: encode_frames(crop[None], params.codec, params.jpeg_quality)[0])
     check_faces(faces, info, expected, params)
     return encode_clip(source, info, audio, faces, detector.name, params, measure_lip_top(faces.crops))
