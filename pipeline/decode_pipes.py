@@ -1,6 +1,7 @@
 """One ``ffmpeg`` process per clip with both streams out: video RGB24 on stdout, audio s16le on a
-second pipe (the alternative to in-process decode that issue 12 asks to measure;
-``--decoder ffmpeg2`` / ``decoder="ffmpeg2"``).
+second pipe: the alternative to in-process decode that issue 12 asks to measure (bench/decode.py,
+path ``ffmpeg2``). Not a ``--decoder`` choice: it saves one process per clip where in-process
+decode saves them all (BENCHMARKS.md, "Decode path").
 
 The filters are :func:`pipeline.io.iter_frames`' and :func:`pipeline.io.read_audio`'s, in one
 command line with two outputs, so frames and samples equal the two-process path's. The audio pipe
