@@ -15,27 +15,43 @@ Builds its inputs in a work folder, then measures them in one run:
   the floor), a resume run over the finished output, and the arithmetic for the whole of LRS2
   main and pretrain on a 16-core node and a 256-core Ray cluster.
 
-Prints a markdown table (with PASS/MISS against the targets) and writes it to ``--results``.
-Smoke run (about a minute): ``python bench/prep.py --minutes 0.3 --long-minutes 0.3 --lrs2-clips 8``.
+That is ``--suite 3``. The default, ``--suite 12``, measures issue 12's "Must show" in one run,
+each figure a ratio against floors measured in the same run (floors decode with one ffmpeg
+process per clip): LRS2-shaped 2 s 160x160 clips (decode floor, decode + MediaPipe floor, prep
+with ``--detector none`` and mediapipe on 1 worker, whole run incl. Ray start over processing,
+a Wav2Lip-style S3FD-per-frame baseline: target >= 30x); the full fixture clips (every-frame
+detection over the decode+detect floor, the default stride over the decode floor); 2 workers vs
+1 on a 20-clip folder with default flags, with CPU-seconds per frame of the whole process tree;
+worker peak RSS on a 10-minute 720p clip. ``--quick`` runs it on small inputs (a few minutes).
+
+Prints a markdown table (with PASS/MISS against the targets) and writes it to ``--results``;
+``--markdown`` keeps stdout to that table (paste it into BENCHMARKS.md).
+Smoke runs: ``python bench/prep.py --quick --markdown``; ``python bench/prep.py --suite 3 --minutes
+0.3 --long-minutes 0.3 --lrs2-clips 8``.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
 import platform
+import resource
 import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # tests.fixture_builders, as bench/train.py imports tests.*
@@ -530,6 +546,312 @@ def run_lrs2_section(args: argparse.Namespace, fixtures: list[Path], work: Path,
     add_projection_rows(report, runs)
 
 
+# ----------------------------------------------------------------------------- issue 12 suite
+#
+# "Prep at the decode floor" (issue 12, Must show): every figure a ratio against floors measured
+# in this same run. The default suite of this script (``--suite 12``); ``--suite 3`` runs the
+# issue 2/3 report above.
+
+#: Inputs of the suite (full / --quick): LRS2-shaped clips, clips of the scaling folder, S3FD
+#: baseline frames, minutes of the 720p memory clip.
+SUITE_LRS2_CLIPS = (40, 12)
+SUITE_SCALING_CLIPS = (20, 8)
+SUITE_S3FD_FRAMES = (100, 20)
+SUITE_LONG_MINUTES = (10.0, 0.5)
+#: Targets of issue 12 (value, what it is a ratio of).
+TARGETS_12 = {
+    "lrs2_none_over_decode": 1.0,
+    "lrs2_mediapipe_over_detect": 0.8,
+    "lrs2_whole_over_processing": 0.8,
+    "full_k1_over_detect": 0.85,
+    "full_default_over_decode": 0.8,
+    "scaling": 1.7,
+    "over_s3fd": 30.0,
+}
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def ffmpeg_frames(path: Path) -> Iterator[np.ndarray]:
+    """The floors' decoder: one ``ffmpeg`` process per clip, ``fps=25``, RGB24 frames on a pipe
+    (what prep did per clip before in-process decoding; independent of pipeline.io's decoder)."""
+    info = probe(path)
+    size = info.width * info.height * 3
+    command = ["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-vf", f"fps={FPS}", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) as process:
+        try:
+            while True:
+                data = process.stdout.read(size)
+                if len(data) < size:
+                    break
+                yield np.frombuffer(data, np.uint8).reshape(info.height, info.width, 3)
+        finally:
+            process.kill()  # a consumer that stopped early (the S3FD baseline)
+
+
+def floor_decode(paths: list[Path]) -> Throughput:
+    """Floor: every frame through :func:`ffmpeg_frames` (probe + one process per clip), 1 core."""
+    frames, started = 0, time.perf_counter()
+    for path in paths:
+        frames += sum(1 for _ in ffmpeg_frames(path))
+    return Throughput(frames, time.perf_counter() - started)
+
+
+def floor_decode_detect(paths: list[Path], detector_name: str) -> Throughput:
+    """Floor: :func:`ffmpeg_frames` plus the detector on every frame, batched as prep batches."""
+    detector = make_detector(detector_name)
+    try:
+        frames, started = 0, time.perf_counter()
+        for path in paths:
+            frames += sum(1 for _ in detected_stream(ffmpeg_frames(path), detector, every=1))
+        return Throughput(frames, time.perf_counter() - started)
+    finally:
+        detector.close()
+
+
+def s3fd_baseline(paths: list[Path], max_frames: int) -> Throughput:
+    """Wav2Lip-style preprocessing: every frame through S3FD at full resolution (random weights:
+    the same network, the same time; no face clears 0.8 so post-processing is the cheapest case),
+    then crop + resize to 128x128 of the best box or the frame; 1 torch thread (one core, as one
+    prep worker). Stops after ``max_frames`` frames."""
+    import cv2
+    import torch
+
+    from cals.models.s3fd import S3FD, S3FDNet
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    detector = S3FD(S3FDNet())
+    frames, started = 0, time.perf_counter()
+    for path in itertools.cycle(paths):
+        for frame in ffmpeg_frames(path):
+            rows = detector.detect(frame)
+            x0, y0, x1, y1 = (rows[0, :4].astype(int) if len(rows) else (0, 0, frame.shape[1], frame.shape[0]))
+            cv2.resize(frame[max(0, y0):y1, max(0, x0):x1], (128, 128))
+            frames += 1
+            if frames >= max_frames:
+                return Throughput(frames, time.perf_counter() - started)
+    return Throughput(frames, time.perf_counter() - started)
+
+
+def _proc_table() -> dict[int, tuple[int, float]]:
+    """pid → (ppid, own + reaped children's CPU seconds) of every process (from /proc/PID/stat)."""
+    table = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ppid, utime, stime, cutime, cstime = int(fields[1]), *map(int, fields[11:15])
+        table[int(entry)] = (ppid, (utime + stime) / CLOCK_TICKS, (cutime + cstime) / CLOCK_TICKS)
+    return table
+
+
+class TreeCpu:
+    """CPU seconds of this process and all its descendants (Ray's GCS, raylet, workers and their
+    decoders) while the block runs, from /proc every ``period`` s. Each process counts its own
+    time plus its reaped children's (``cutime``/``cstime``); a process seen that is gone at the
+    end while its parent is alive is subtracted again (its parent reaped it: the parent's reaped
+    time holds it, with what it used after the last sample). One whose parent died too keeps its
+    last sampled time (at most ``period`` s of its end missed)."""
+
+    def __init__(self, period: float = 0.2) -> None:
+        self.period = period
+        self.seen: dict[int, tuple[int, float, float]] = {}
+        self.seconds = 0.0
+
+    def _sample(self) -> set[int]:
+        table = _proc_table()
+        children: dict[int, list[int]] = {}
+        for pid, (ppid, _, _) in table.items():
+            children.setdefault(ppid, []).append(pid)
+        tree, stack = set(), [os.getpid()]
+        while stack:
+            pid = stack.pop()
+            if pid in table:
+                tree.add(pid)
+                stack.extend(children.get(pid, []))
+        for pid in tree:
+            self.seen[pid] = table[pid]
+        return tree
+
+    def _loop(self) -> None:
+        while not self.stop.wait(self.period):
+            self._sample()
+
+    def __enter__(self) -> "TreeCpu":
+        self._sample()
+        self.base = dict(self.seen)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+        alive = self._sample()
+        total = 0.0
+        for pid, (ppid, own, reaped) in self.seen.items():
+            _, own0, reaped0 = self.base.get(pid, (ppid, 0.0, 0.0))
+            used = (own - own0) + (reaped - reaped0)
+            total += used
+            if pid not in alive and ppid in alive:
+                total -= used  # reaped by its live parent: counted in the parent's cutime/cstime
+        self.seconds = max(total, 0.0)
+
+
+@dataclass(frozen=True)
+class Run12:
+    """One run_prep of the suite: frames, whole wall time, pool time, Ray start, shards, CPU s."""
+
+    frames: int
+    wall_s: float
+    process_s: float
+    ray_start_s: float
+    shards: int
+    cpu_s: float
+    failed: int
+
+    @property
+    def whole(self) -> Throughput:
+        return Throughput(self.frames, self.wall_s)
+
+    @property
+    def processing(self) -> Throughput:
+        return Throughput(self.frames, self.process_s)
+
+
+def run12(clips_by_split: dict[str, list[ClipSource]], out_dir: Path, params: PrepParams, workers: int, command: list[str]) -> Run12:
+    """run_prep into a fresh ``out_dir`` with the default shard plan, CPU seconds of the tree."""
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    with TreeCpu() as cpu:
+        summary = run_prep(clips_by_split, out_dir, params, workers=workers, show_progress=False, command=command)
+    return Run12(summary.frames, summary.wall_s, summary.process_s, summary.ray_start_s, len(list(out_dir.glob("*.tar"))),
+                 cpu.seconds, sum(summary.failures.values()))
+
+
+def ratio_row(report: Report, label: str, a: Throughput, b: Throughput, target_key: Optional[str], what: str) -> float:
+    ratio = a.fps / max(b.fps, 1e-9)
+    target = TARGETS_12.get(target_key) if target_key else None
+    report.add(label, f"{ratio:.2f}x" if ratio >= 3 else f"{ratio:.2f}", f"{a.fps:.1f} / {b.fps:.1f} frames/s ({what})",
+               f">= {target:g}" if target else "", verdict(ratio >= target) if target else "")
+    return ratio
+
+
+def throughput_row(report: Report, label: str, t: Throughput, detail: str = "") -> None:
+    report.add(label, f"{t.fps:.1f} frames/s", f"{t.frames} frames in {t.seconds:.1f} s" + (f"; {detail}" if detail else ""))
+
+
+def run_suite12(args: argparse.Namespace, command: list[str], work: Path) -> Report:
+    """Issue 12's Must show, in one run (module docstring of the suite above)."""
+    quick = 1 if args.quick else 0
+    fixtures = sorted(args.fixtures.glob(FIXTURE_GLOB))
+    default = PrepParams()
+    report = Report(header=report_header(command, work))
+    report.header[0] = "## Prep at the decode floor (issue 12): `bench/prep.py`"
+    report.header.insert(3, f"- load while measuring (uptime at start): {open('/proc/loadavg').read().split()[:3]}")
+    report.header.insert(4, f"- defaults: detector {default.detector}, detect_every {default.detect_every}; "
+                            "floors decode with one ffmpeg process per clip; every prep run on the default shard plan")
+
+    def log(message: str) -> None:
+        print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+    # LRS2-shaped 2 s 160x160 clips
+    log(f"LRS2-shaped: building {SUITE_LRS2_CLIPS[quick]} clips")
+    tree = build_lrs2_tree(fixtures, work / "lrs2", SUITE_LRS2_CLIPS[quick])
+    lrs2 = prepare_lrs2(tree.root, subset=MAIN_SUBSET)
+    lrs2_paths = [Path(c.path) for split in SPLITS for c in lrs2[split]]
+    log("LRS2-shaped: floors")
+    decode = floor_decode(lrs2_paths)
+    detect = floor_decode_detect(lrs2_paths, "mediapipe")
+    throughput_row(report, f"LRS2-shaped ({tree.clips} x {LRS2_CLIP_SECONDS:g} s {LRS2_SIZE}²): decode floor", decode, "1 ffmpeg process per clip")
+    throughput_row(report, "LRS2-shaped: decode + MediaPipe floor", detect, "every frame")
+    log("LRS2-shaped: prep --detector none, 1 worker")
+    none = run12(lrs2, work / "lrs2_none", PrepParams(detector="none"), 1, command)
+    log("LRS2-shaped: prep --detector mediapipe --detect-every 1, 1 worker")
+    mp1 = run12(lrs2, work / "lrs2_mp1", PrepParams(detect_every=1), 1, command)
+    log("LRS2-shaped: prep default flags, 1 worker")
+    mpd = run12(lrs2, work / "lrs2_default", default, 1, command) if default.detect_every != 1 else mp1
+    ratio_row(report, "LRS2-shaped: --detector none processing / decode floor", none.processing, decode, "lrs2_none_over_decode", f"1 worker, {none.shards} shards")
+    ratio_row(report, "LRS2-shaped: mediapipe (every frame) processing / decode+detect floor", mp1.processing, detect, "lrs2_mediapipe_over_detect", "1 worker")
+    ratio_row(report, f"LRS2-shaped: default flags (k={default.detect_every}) processing / decode+detect floor", mpd.processing, detect, None, "1 worker")
+    for name, run in (("--detector none", none), ("default flags", mpd)):
+        ratio_row(report, f"LRS2-shaped: whole run / processing, {name}", run.whole, run.processing, "lrs2_whole_over_processing",
+                  f"Ray start {run.ray_start_s:.1f} s, wall {run.wall_s:.1f} s")
+
+    # Wav2Lip-style S3FD per frame on the same clips
+    log(f"S3FD-per-frame baseline ({SUITE_S3FD_FRAMES[quick]} frames)")
+    s3fd = s3fd_baseline(lrs2_paths, SUITE_S3FD_FRAMES[quick])
+    throughput_row(report, "LRS2-shaped: Wav2Lip-style S3FD per frame (random weights, 1 thread)", s3fd)
+    ratio_row(report, "LRS2-shaped: default flags processing / S3FD baseline", mpd.processing, s3fd, "over_s3fd", "1 core each")
+    ratio_row(report, "LRS2-shaped: default flags whole run / S3FD baseline", mpd.whole, s3fd, None, "incl. Ray start")
+
+    # full fixture clips
+    full_root = work / "full"
+    if full_root.exists():
+        shutil.rmtree(full_root)
+    for fixture in fixtures:
+        (full_root / fixture.stem).mkdir(parents=True)
+        (full_root / fixture.stem / fixture.name).symlink_to(fixture.resolve())
+    full = prepare_folder(full_root, val=0, test=0)
+    log("full clips: floors")
+    full_decode = floor_decode(fixtures)
+    full_detect = floor_decode_detect(fixtures, "mediapipe")
+    throughput_row(report, f"full fixture clips ({len(fixtures)}): decode floor", full_decode)
+    throughput_row(report, "full clips: decode + MediaPipe floor", full_detect)
+    log("full clips: prep every frame, 1 worker")
+    full1 = run12(full, work / "full_k1", PrepParams(detect_every=1), 1, command)
+    log("full clips: prep default flags, 1 worker")
+    fulld = run12(full, work / "full_default", default, 1, command) if default.detect_every != 1 else full1
+    ratio_row(report, "full clips: --detect-every 1 processing / decode+detect floor", full1.processing, full_detect, "full_k1_over_detect", "1 worker")
+    ratio_row(report, f"full clips: default stride (k={default.detect_every}) processing / decode floor", fulld.processing, full_decode, "full_default_over_decode", "1 worker")
+
+    # 2 workers vs 1 on a folder of N clips, default flags
+    n = SUITE_SCALING_CLIPS[quick]
+    folder = work / "scaling"
+    if folder.exists():
+        shutil.rmtree(folder)
+    for i in range(n):
+        fixture = fixtures[i % len(fixtures)]
+        (folder / f"spk{i:02d}").mkdir(parents=True)
+        (folder / f"spk{i:02d}" / f"clip{i:02d}{fixture.suffix}").symlink_to(fixture.resolve())
+    clips = prepare_folder(folder, val=0, test=0)
+    runs = {}
+    for workers in (1, 2):
+        log(f"{n}-clip folder: default flags, {workers} worker(s)")
+        runs[workers] = run12(clips, work / f"scaling_w{workers}", default, workers, command)
+    for workers, run in runs.items():
+        report.add(f"{n}-clip folder, {workers} worker{'s' if workers > 1 else ''}: processing",
+                   f"{run.processing.fps:.1f} frames/s",
+                   f"{run.frames} frames, {run.shards} shards; whole run {run.whole.fps:.1f} frames/s; "
+                   f"{run.cpu_s / max(run.frames, 1) * 1000:.2f} CPU-ms/frame ({run.cpu_s:.0f} CPU-s, all processes)")
+    ratio_row(report, f"{n}-clip folder: 2 workers / 1 worker, processing", runs[2].processing, runs[1].processing, "scaling", "default flags")
+    ratio_row(report, f"{n}-clip folder: 2 workers / 1 worker, whole run", runs[2].whole, runs[1].whole, None, "incl. Ray start")
+    cpu1, cpu2 = (runs[w].cpu_s / max(runs[w].frames, 1) for w in (1, 2))
+    report.add("CPU-seconds per frame, 2 workers / 1 worker", f"{cpu2 / max(cpu1, 1e-12):.2f}",
+               f"{cpu2 * 1000:.2f} / {cpu1 * 1000:.2f} CPU-ms/frame: 1.00 = no extra work per frame with 2 workers")
+
+    # worker peak RSS on a long 720p clip
+    minutes = args.long_minutes if args.long_minutes_given else SUITE_LONG_MINUTES[quick]
+    if args.skip_long:
+        report.notes.append("long-clip memory test skipped (--skip-long)")
+    else:
+        log(f"long clip ({minutes:g} min 720p): peak RSS")
+        long_path = build_long_clip(args.fixtures / LONG_SOURCE, work / "long", minutes)
+        add_long_rows(report, measure_long_clip(long_path, default.detector), minutes)
+    failed = {name: run.failed for name, run in (("lrs2 none", none), ("lrs2 mediapipe", mp1), ("full", full1), ("scaling 1", runs[1])) if run.failed}
+    if failed:
+        report.notes.append(f"failed clips: {failed}")
+    report.notes.append("processing = frames / the actor pool's time (workers started, detectors loaded, shards written); "
+                        "whole run = frames / run_prep wall time (planning, ray.init, pool, manifest)")
+    report.notes.append("lip-unit frames/s before/after (issue 12) are measured by the lip-units work, not here")
+    return report
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -561,7 +883,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         default=DEFAULT_LRS2_CLIPS,
         help=f"clips of {LRS2_CLIP_SECONDS:g} s in the fake LRS2 tree (default %(default)s)",
     )
+    parser.add_argument("--suite", choices=("12", "3"), default="12",
+                        help="12: issue 12's Must show (floors, LRS2-shaped, full clips, scaling with CPU-s/frame, S3FD baseline, RSS); "
+                        "3: the issue 2/3 report (corpus, LRS2 projections). Default %(default)s")
+    parser.add_argument("--quick", action="store_true", help="suite 12 on small inputs (12 LRS2 clips, 8-clip folder, 0.5-min long clip): a smoke run")
+    parser.add_argument("--markdown", action="store_true", help="print only the ready-to-paste markdown section on stdout (progress on stderr)")
     args = parser.parse_args(argv)
+    args.long_minutes_given = any(a.startswith("--long-minutes") for a in (argv if argv is not None else sys.argv[1:]))
     if args.minutes <= 0 or args.long_minutes <= 0:
         parser.error("--minutes and --long-minutes must be > 0")
     if args.lrs2 and args.lrs2_clips < MIN_SHARDS:
@@ -587,6 +915,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
 
     print(f"[bench] work folder {work}", file=sys.stderr)
+    if args.suite == "12":
+        text = run_suite12(args, command, work).markdown()
+        results.parent.mkdir(parents=True, exist_ok=True)
+        results.write_text(text, encoding="utf-8")
+        print(text)
+        print(f"[bench] results written to {results}", file=sys.stderr)
+        return 0
     corpus = work / "corpus"
     clip_s = build_corpus(fixtures, corpus, args.minutes)
     paths = corpus_videos(corpus)
