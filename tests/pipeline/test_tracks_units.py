@@ -3,6 +3,8 @@ no video decode, no detector). The clips test is tests/pipeline/test_tracks.py."
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -152,3 +154,25 @@ def test_speaker_rule_keeps_the_best_track_of_each_scene_above_min_conf():
     assert "2.000 < 5.000 of another track" in verdicts[1] and "--min-conf 1.5" in verdicts[4]
     # The broken rule, "above --min-conf" alone, would keep the listener of scene 0 (2.0 > 1.5).
     assert [(scene, conf) for scene, conf in [(0, 5.0), (0, 2.0)] if conf >= 1.5] == [(0, 5.0), (0, 2.0)]
+
+
+def test_a_tracked_shard_is_complete_with_its_sample_and_dropped_track_rows(tmp_path):
+    from cals.layout import part_name, tar_name
+    from pipeline.resume import DIGEST_KEY, clips_digest, shard_is_complete
+    from pipeline.storage import open_storage
+
+    clips = [ClipSource("a", str(tmp_path / "a.mp4"), "d", "train", "s"), ClipSource("b", str(tmp_path / "b.mp4"), "d", "train", "s")]
+    params = PrepParams(tracks="all", scenes=True)
+    rows = [
+        manifest_row(clips[0], status="source", scenes=1, tracks_found=2, tracks_kept=1),
+        manifest_row(replace(clips[0], key="a-s00t00"), status="ok", shard=tar_name("train-000000"), source_key="a", scene=0, track=0),
+        manifest_row(replace(clips[0], key="a-s00t01"), status="failed", reason="small_face", source_key="a", scene=0, track=1),
+        manifest_row(clips[1], status="failed", reason="no_face"),
+    ]
+    storage = open_storage(tmp_path)
+    (tmp_path / "_parts").mkdir()
+    write_parquet(rows, tmp_path / part_name("train-000000"), {DIGEST_KEY: clips_digest(clips, params)})
+    (tmp_path / tar_name("train-000000")).write_bytes(b"")
+    assert shard_is_complete(storage, "train-000000", clips, params)  # a re-run skips it
+    # The check before tracks (every row key is a planned clip) would redo it on every run.
+    assert [r["key"] for r in read_rows(tmp_path / part_name("train-000000"))] != [c.key for c in clips]
