@@ -16,6 +16,15 @@
   reason ``worker_crash`` or ``internal_error`` (:func:`failure`); ``fail_fast`` re-raises.
 - **Progress.** Workers report ``(done, failed, frames)`` to a progress actor; the driver shows
   them on a rich progress bar (:class:`Bar`).
+- **A second pool fed by the first** (:class:`FollowUp`, ``run_pool(..., then=...)``): as each
+  unit of the first pool succeeds, the driver turns it into a unit for a second pool of
+  ``ShardWorker`` actors (one model each: one per GPU with ``gpus``, else one on the CPU), so the
+  second stage (prep's lip units) works while the first (decoding) goes on. Follow-up actors
+  reserve **no CPU**: every CPU is the first pool's, and a reservation would keep them waiting
+  until it ends (a deadlock while the driver holds the first pool's actors); the first pool's
+  actors are let go as soon as its queue is drained, which frees their memory reservation too.
+  A follow-up unit whose worker died is retried (:func:`retries`); one Ray gave up on is recorded
+  in ``PoolResult.follow_failures`` and never fails the first pool's units.
 
 Why not Ray Data ``map_batches(Cls, compute=ActorPoolStrategy(size=n))``: a batch that kills its
 actor is retried by Ray Data as a whole and, past its retries, fails the dataset; it cannot tell
@@ -72,17 +81,40 @@ class Bar:
     the run), and a frames/s column when ``rate``."""
 
     label: str
-    total: int
+    total: Optional[int]  # None: not known in advance (a follow-up pool's)
     completed: int = 0
     rate: bool = False
 
 
+@dataclass(frozen=True)
+class FollowUp:
+    """A second pool fed by the first (module docstring).
+
+    Attributes:
+        factory: what each follow-up actor runs (loads its model once, as a :class:`WorkerFactory`).
+        bar: its progress bar (a second line under the first pool's).
+        next_unit: on the driver, ``(unit, result)`` of a first-pool unit that succeeded → the
+            follow-up unit, or None for none.
+        gpus: one actor per GPU of the cluster, each reserving 1 GPU; else one actor on the CPU.
+        name: a follow-up unit's name (keys of ``PoolResult.followed``).
+    """
+
+    factory: WorkerFactory
+    bar: Bar
+    next_unit: Callable[[Any, Any], Optional[Any]]
+    gpus: bool = False
+    name: Callable[[Any], str] = str
+
+
 @dataclass
 class PoolResult:
-    """What :func:`run_pool` did: unit name → the worker's return value, or → ``(reason, detail)``."""
+    """What :func:`run_pool` did: unit name → the worker's return value, or → ``(reason, detail)``;
+    the same for the follow-up pool's units in ``followed`` / ``follow_failures``."""
 
     results: dict[str, Any] = field(default_factory=dict)
     failures: dict[str, tuple[str, str]] = field(default_factory=dict)
+    followed: dict[str, Any] = field(default_factory=dict)
+    follow_failures: dict[str, tuple[str, str]] = field(default_factory=dict)
     ray_start_s: float = 0.0  # ray.init (0 when Ray was already up)
     process_s: float = 0.0  # the pool working through the units
 
@@ -123,16 +155,17 @@ def run_pool(
     gpus: bool = False,
     fail_fast: bool = False,
     show_progress: bool = True,
+    then: Optional[FollowUp] = None,
 ) -> PoolResult:
     """Start (or join) Ray and work through ``units`` on a pool of ``workers`` actors (default:
     one per CPU, or per GPU with ``gpus``, of the cluster; never more than units). ``blame``
-    defaults to :func:`retries` (module docstring)."""
+    defaults to :func:`retries`; ``then`` feeds a second pool as units succeed (module docstring)."""
     result = PoolResult()
     ray_started = time.time()
     with ray_session(workers, address) as ray:
         result.ray_start_s = time.time() - ray_started
         process_started = time.time()
-        _feed(ray, units, factory, bar, name, blame or retries(name), workers, gpus, fail_fast, show_progress, result)
+        _feed(ray, units, factory, bar, name, blame or retries(name), workers, gpus, fail_fast, show_progress, result, then)
         result.process_s = time.time() - process_started
     return result
 
@@ -211,51 +244,94 @@ def _actor_classes(ray: Any) -> tuple[Any, Any]:
     return ShardWorker, Progress
 
 
+class _Slots:
+    """One pool's actors, its queue and its units in flight (the driver's side of a pool)."""
+
+    def __init__(self, make_actor: Callable[[], Any], size: int, name: Callable[[Any], str], blame: Blame,
+                 results: dict[str, Any], failures: dict[str, tuple[str, str]]) -> None:
+        self.make_actor, self.name, self.blame = make_actor, name, blame
+        self.results, self.failures = results, failures
+        self.actors: list[Any] = [None] * size  # started on first use
+        self.idle = list(range(size))
+        self.queue: deque = deque()
+
+    def fill(self, in_flight: dict[Any, tuple["_Slots", int, Any]]) -> None:
+        """Give every idle actor a unit while there are any (starting actors on first use)."""
+        while self.idle and self.queue:
+            slot = self.idle.pop(0)
+            if self.actors[slot] is None:
+                self.actors[slot] = self.make_actor()
+            unit = self.queue.popleft()
+            in_flight[self.actors[slot].__call__.remote(unit)] = (self, slot, unit)
+
+    def drained(self) -> bool:
+        return not self.queue and len(self.idle) == len(self.actors)
+
+    def release(self) -> None:
+        """Let go of the actors (Ray ends them, freeing their reservations); a later unit starts new ones."""
+        self.actors = [None] * len(self.actors)
+
+
 def _feed(ray: Any, units: Sequence[Any], factory: WorkerFactory, bar: Bar, name: Callable[[Any], str], blame: Blame,
-          workers: Optional[int], gpus: bool, fail_fast: bool, show_progress: bool, result: PoolResult) -> None:
+          workers: Optional[int], gpus: bool, fail_fast: bool, show_progress: bool, result: PoolResult,
+          then: Optional[FollowUp] = None) -> None:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     worker_class, progress_class = _actor_classes(ray)
-    worker_class = worker_class.options(num_cpus=1, num_gpus=1 if gpus else 0, memory=TASK_MEMORY_BYTES)
-    progress_actor = progress_class.remote()
-    size = max(1, min(len(units), workers or int(ray.cluster_resources().get("GPU" if gpus else "CPU", 1))))
     driver = Driver.this()
-    make_actor = lambda: worker_class.remote(factory, progress_actor, driver)  # noqa: E731
-    actors = [make_actor() for _ in range(size)]
-    queue = deque(units)
-    in_flight: dict[Any, tuple[int, Any]] = {}
-
-    def submit(slot: int) -> None:
-        if queue:
-            unit = queue.popleft()
-            in_flight[actors[slot].__call__.remote(unit)] = (slot, unit)
-
-    for slot in range(size):
-        submit(slot)
-    rate = "{task.fields[fps]:>7.1f} frames/s  " if bar.rate else ""
-    columns = [TextColumn(f"[bold]{bar.label}"), BarColumn(), MofNCompleteColumn(), TextColumn(rate + "failed {task.fields[failed]}"), TimeElapsedColumn()]
+    first_class = worker_class.options(num_cpus=1, num_gpus=1 if gpus else 0, memory=TASK_MEMORY_BYTES)
+    first_progress = progress_class.remote()
+    size = max(1, min(len(units), workers or int(ray.cluster_resources().get("GPU" if gpus else "CPU", 1))))
+    first = _Slots(lambda: first_class.remote(factory, first_progress, driver), size, name, blame, result.results, result.failures)
+    first.queue.extend(units)
+    pools = [(first, bar, first_progress)]
+    follow = None
+    if then is not None:
+        follow_class = worker_class.options(num_cpus=0, num_gpus=1 if then.gpus else 0, memory=TASK_MEMORY_BYTES)
+        follow_progress = progress_class.remote()
+        follow_size = max(1, int(ray.cluster_resources().get("GPU", 1))) if then.gpus else 1
+        follow = _Slots(lambda: follow_class.remote(then.factory, follow_progress, driver), follow_size, then.name,
+                        retries(then.name), result.followed, result.follow_failures)
+        pools.append((follow, then.bar, follow_progress))
+    in_flight: dict[Any, tuple[_Slots, int, Any]] = {}
+    first.fill(in_flight)
+    rate = "{task.fields[fps]:>7.1f} frames/s  " if bar.rate or (then is not None and then.bar.rate) else ""
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn(rate + "failed {task.fields[failed]}"), TimeElapsedColumn()]
     started = time.time()
     with Progress(*columns, console=Console(stderr=True), disable=not show_progress, transient=False) as shown:
-        bar_id = shown.add_task(bar.label, total=bar.total, completed=bar.completed, fps=0.0, failed=0)
+        bar_ids = [shown.add_task(shown_bar.label, total=shown_bar.total, completed=shown_bar.completed, fps=0.0, failed=0)
+                   for _, shown_bar, _ in pools]
         while in_flight:
             done, _ = ray.wait(list(in_flight), num_returns=len(in_flight), timeout=0.5)
             for ref in done:
-                slot, unit = in_flight.pop(ref)
+                pool, slot, unit = in_flight.pop(ref)
+                pool.idle.append(slot)
                 try:
-                    result.results[name(unit)] = ray.get(ref)
+                    value = pool.results[pool.name(unit)] = ray.get(ref)
                 except ray.exceptions.RayError as error:
                     if fail_fast:
                         raise
                     if isinstance(error, ray.exceptions.RayActorError):
-                        actors[slot] = make_actor()  # the process died: a fresh worker takes the slot
-                        again = blame(unit)
+                        pool.actors[slot] = None  # the process died: a fresh worker takes the slot
+                        again = pool.blame(unit)
                         if again is not None:
-                            queue.appendleft(again)
-                            submit(slot)
+                            pool.queue.appendleft(again)
+                            pool.fill(in_flight)
                             continue
-                    result.failures[name(unit)] = failure(error)
-                    log.error("shard %s failed: %s: %s", name(unit), *result.failures[name(unit)])
-                submit(slot)
-            units_done, failed, frames = ray.get(progress_actor.snapshot.remote())
-            shown.update(bar_id, completed=bar.completed + units_done, fps=frames / max(time.time() - started, 1e-9), failed=failed)
+                    pool.failures[pool.name(unit)] = failure(error)
+                    log.error("%s %s failed: %s: %s", "shard" if pool is first else "follow-up", pool.name(unit), *pool.failures[pool.name(unit)])
+                else:
+                    if pool is first and follow is not None:
+                        next_unit = then.next_unit(unit, value)
+                        if next_unit is not None:
+                            follow.queue.append(next_unit)
+                pool.fill(in_flight)
+            first.fill(in_flight)
+            if follow is not None:
+                follow.fill(in_flight)
+                if first.drained() and any(actor is not None for actor in first.actors):
+                    first.release()  # prep is done: its CPUs and memory go to the follow-up pool
+            for bar_id, (_, shown_bar, progress_actor) in zip(bar_ids, pools):
+                units_done, failed, frames = ray.get(progress_actor.snapshot.remote())
+                shown.update(bar_id, completed=shown_bar.completed + units_done, fps=frames / max(time.time() - started, 1e-9), failed=failed)

@@ -15,6 +15,12 @@ window: 5, padding: "repeat edge frames"}``; ``json.member_sha1`` gains ``lip.np
   retries it.
 - ``manifest.parquet`` gains ``lip_kind``, ``lip_dim``, ``lip_digest`` (null for a sample without
   units) and ``lip_error``, rebuilt from the shards on every run.
+- **Overlapped with prep** (``cals-prep ... --units``, :func:`units_follow_up`): the same shard
+  rewrite runs on its own actor pool (:class:`pipeline.ray_pool.FollowUp`: one actor per GPU
+  when the driver sees CUDA, else one CPU actor) on each shard as soon as a prep worker has
+  published it, so embedding overlaps decoding; :func:`add_lip_units` then runs as before and
+  finds those shards done (it only redoes what the overlapped pool did not finish, and writes
+  the manifest columns), so resume and atomicity are the ones above.
 """
 
 from __future__ import annotations
@@ -27,10 +33,12 @@ import numpy as np
 import pyarrow as pa
 
 from cals.constants import SYNCNET_BATCH_SIZE
+from cals.layout import tar_name
 from cals.models.lip_units import load_lip_model, units_meta_matches
 from cals.shard_format import LIP_MEMBER, decode_sample, update_sample
+from pipeline.ray_pool import Bar, FollowUp
 from pipeline.rewrite import SampleOutcome, Transform
-from pipeline.rewrite_run import JobSummary, check_dataset, run_shard_job
+from pipeline.rewrite_run import JobSummary, RewriteWorker, check_dataset, run_shard_job
 
 #: Manifest columns this step adds.
 UNITS_COLUMNS = (
@@ -99,6 +107,27 @@ def lip_units_job(model_path: str | Path, batch_size: int = SYNCNET_BATCH_SIZE) 
     # model.path: the file itself (a run folder's newest checkpoint, resolved once here, so every
     # worker loads the same weights even while training writes new checkpoints).
     return LipUnitsJob(model_path=str(Path(model.path).resolve()), kind=model.kind, digest=model.digest, batch_size=batch_size)
+
+
+def units_follow_up(dataset_dir: str | Path, model_path: str | Path, *, batch_size: int = SYNCNET_BATCH_SIZE,
+                    fail_fast: bool = False) -> FollowUp:
+    """The lip-units pool that prep feeds (``run_prep(..., then=...)``): each prep shard that
+    succeeded and was written (``<dataset_dir>/<shard>``) is rewritten with units by a
+    :class:`~pipeline.rewrite_run.RewriteWorker` on the GPU when the driver sees CUDA, else on
+    the CPU. Loads the model once on the driver first (a bad file is a one-line error before
+    prep starts)."""
+    import torch
+
+    job = lip_units_job(model_path, batch_size)
+    gpus = torch.cuda.is_available()
+    dataset = Path(dataset_dir)
+    worker = RewriteWorker(str(dataset), job, "cuda" if gpus else "cpu", fail_fast)
+
+    def next_unit(task: Any, _: Any) -> Optional[str]:
+        shard = tar_name(task.shard())  # the units job names shards by their file
+        return shard if (dataset / shard).is_file() else None  # a shard with no clip left is not written
+
+    return FollowUp(worker, Bar(f"{job.name}: samples", total=None), next_unit, gpus=gpus)
 
 
 def add_lip_units(
