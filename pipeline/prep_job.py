@@ -175,7 +175,9 @@ def prepare_dataset(
     """Prepare a recipe's clips into ``options.out/(options.name or default_name)``: keep the
     ``--limit``/``--speakers`` selection, check the S3FD weights and the output, run
     :func:`pipeline.run.run_prep`, then :func:`pipeline.sync_filter.measure_sync` (with
-    ``sync_model``) and :func:`pipeline.units.add_lip_units` (with ``units``). ``command`` is
+    ``sync_model``) and :func:`pipeline.units.add_lip_units` (with ``units``; without
+    ``sync_model`` the units are made during prep, on their own pool fed shard by shard:
+    :func:`pipeline.units.units_follow_up`, and add_lip_units finishes what is left). ``command`` is
     recorded in prep.json.
 
     Raises:
@@ -209,10 +211,18 @@ def prepare_dataset(
             raise PrepJobError(str(error)) from error
     dataset_dir = dataset_location(options.out, options.name or default_name)
     show_progress = not options.quiet
+    follow = None
+    if options.units is not None and options.sync_model is None and not is_url(str(dataset_dir)):
+        from pipeline.units import units_follow_up  # lip units on their own pool, fed as prep writes shards
+
+        try:
+            follow = units_follow_up(dataset_dir, options.units, fail_fast=options.fail_fast)
+        except (FileNotFoundError, ValueError, ImportError) as error:
+            raise PrepJobError(str(error)) from error
     try:
         summary = run_prep(clips, dataset_dir, params, shard_mb=options.shard_mb, workers=options.workers,
                            address=options.address, fail_fast=options.fail_fast, show_progress=show_progress,
-                           force=options.force, retry_failed=options.retry_failed, command=command)
+                           force=options.force, retry_failed=options.retry_failed, command=command, then=follow)
     except OutputMismatch as error:
         raise PrepJobError(str(error)) from error
     if summary.ok == 0:
