@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from contextlib import closing, nullcontext
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 import numpy as np
 
@@ -200,6 +200,12 @@ class ClipFaces:
         return int(np.count_nonzero(self.scores))
 
 
+def decoded_frames(info: MediaInfo, window: Window, params: PrepParams) -> Iterator[np.ndarray]:
+    """The window's ``(H, W, 3)`` uint8 RGB frames at 25 fps by ``params.decoder``, decoded
+    ahead in a thread (:func:`pipeline.overlap.prefetch`); close it when stopping early."""
+    return prefetch(iter_frames(info, window, decoder=params.decoder))
+
+
 def clip_faces(
     info: MediaInfo, window: Window, detector: Detector, params: PrepParams, keep: Callable[[np.ndarray], Any],
     frames: Optional[Iterable[np.ndarray]] = None,
@@ -211,7 +217,7 @@ def clip_faces(
     faces = ClipFaces()
     decoded = None
     if frames is None:  # decode runs ahead in a thread (pipeline.overlap), keep (JPEG) behind in another
-        frames = decoded = prefetch(iter_frames(info, window, decoder=params.decoder))
+        frames = decoded = decoded_frames(info, window, params)
     with closing(decoded) if decoded is not None else nullcontext(), InThread(keep) as kept:
         for face in face_track(frames, detector, params.track, params.crop, params.detect_every):
             x0, y0, x1, y1 = face.square

@@ -31,6 +31,7 @@ track, part, first_frame, scene_first, scene_end, mode}``.
 from __future__ import annotations
 
 from collections import Counter
+from contextlib import closing
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Iterator, Optional
 
@@ -39,7 +40,7 @@ import numpy as np
 from cals.constants import AUDIO_SAMPLES_PER_FRAME, FPS
 from cals.shard_format import decode_frames, encode_frames
 from pipeline.errors import ClipError
-from pipeline.io import iter_frames, read_audio
+from pipeline.io import read_audio
 from pipeline.manifest import ClipSource
 from pipeline.prepare_clip import (
     TRUNCATION_RATIO,
@@ -48,6 +49,7 @@ from pipeline.prepare_clip import (
     PrepParams,
     check_faces,
     clip_faces,
+    decoded_frames,
     encode_clip,
     measure_lip_top,
     process_clip,
@@ -168,11 +170,11 @@ def _columns(source: ClipSource, scene: int, track: int, part: Optional[int], fi
 def _dominant_scenes(source: ClipSource, params: PrepParams, detector: Detector) -> SourceResult:
     """``--tracks dominant --scenes``: the streaming dominant chain restarted at each cut."""
     info, window, expected = validate_clip(source, params)
-    audio = read_audio(info, window)
+    audio = read_audio(info, window, decoder=params.decoder)
     splitter = SceneSplitter(params.scene)
-    stream = SceneStream(iter_frames(info, window), splitter)
     keep = _encoder(params)
-    scenes = [clip_faces(info, window, detector, params, keep, frames=segment) for segment in stream.segments()]
+    with closing(decoded_frames(info, window, params)) as frames:
+        scenes = [clip_faces(info, window, detector, params, keep, frames=segment) for segment in SceneStream(frames, splitter).segments()]
     scenes = [faces for faces in scenes if faces.num_frames]
     if len(scenes) <= 1:
         faces = scenes[0] if scenes else ClipFaces()
@@ -223,7 +225,7 @@ class _Kept:
 def _all_tracks(source: ClipSource, params: PrepParams, detector: Detector, sync_model: Any) -> SourceResult:
     """``--tracks all|speaker`` (module docstring)."""
     info, window, expected = validate_clip(source, params)
-    audio = read_audio(info, window)
+    audio = read_audio(info, window, decoder=params.decoder)
     splitter = SceneSplitter(params.scene) if params.scenes else None
 
     def fed(frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
@@ -233,9 +235,10 @@ def _all_tracks(source: ClipSource, params: PrepParams, detector: Detector, sync
             yield frame
 
     detections, shape = [], (0, 0)
-    for frame, dets in detected_stream(fed(iter_frames(info, window)), detector, params.detect_every):
-        detections.append(dets)
-        shape = frame.shape[:2]
+    with closing(decoded_frames(info, window, params)) as frames:
+        for frame, dets in detected_stream(fed(frames), detector, params.detect_every):
+            detections.append(dets)
+            shape = frame.shape[:2]
     num_frames = len(detections)
     scores = [max((d.score for d in dets), default=0.0) if dets else 0.0 for dets in detections]
     check_faces(ClipFaces(crops=[None] * num_frames, scores=scores, examined=sum(d is not None for d in detections)), info, expected, params)
@@ -315,14 +318,15 @@ def _cut_crops(info, window, kept: list[_Kept], params: PrepParams) -> None:
     keep = _encoder(params)
     last = max(item.track.end for item in kept)
     seen = 0
-    for index, frame in enumerate(iter_frames(info, window)):
-        seen = index + 1
-        for item in kept:
-            offset = index - item.track.first
-            if 0 <= offset < item.track.num_frames:
-                crop = crop_frame(frame, tuple(item.squares[offset]), params.crop.size)
-                item.crops.append(keep(crop))
-                item.sharpness.append(sharpness(crop))
+    with closing(decoded_frames(info, window, params)) as frames:
+        for index, frame in enumerate(frames):
+            seen = index + 1
+            for item in kept:
+                offset = index - item.track.first
+                if 0 <= offset < item.track.num_frames:
+                    crop = crop_frame(frame, tuple(item.squares[offset]), params.crop.size)
+                    item.crops.append(keep(crop))
+                    item.sharpness.append(sharpness(crop))
     if seen < last:
         raise ClipError("decode_error", f"the second decode gave {seen} frames, the first {last}")
 
