@@ -286,6 +286,7 @@ def cals_task(
     widths: str = typer.Option(_csv(LipToFaceConfig.widths), "--widths", help="Lip-to-Face encoder widths per stage, comma-separated (each later stage halves the size)."),
     lip_channels: int = typer.Option(LipToFaceConfig.lip_channels, "--lip-channels", min=1, help="Size of the projected lip code."),
     film: bool = typer.Option(LipToFaceConfig.film, "--film/--no-film", help="FiLM-condition every decoder scale on the lip code (else the bottleneck only)."),
+    unit_norm: bool = typer.Option(LipToFaceConfig.unit_norm, "--unit-norm/--no-unit-norm", help="Layer-normalise the lip units before the generator's lip MLP and use LeakyReLU in it (with raw units its ReLUs died in 60 CPU steps, see README 'Audio dependence')."),
     disc_widths: str = typer.Option(_csv(DiscriminatorConfig.widths), "--disc-widths", help="PatchGAN discriminator widths, comma-separated."),
     tiny: bool = typer.Option(RecipeConfig.tiny, "--tiny", help=f"Sizes (--widths, --lip-channels, --disc-widths; A2L's without --a2l): {TINY_HELP}"),
     reference: str = typer.Option(CalsTask.reference, "--reference", help=f"Training reference frame: {' or '.join(REFERENCE_RULES)} (drawn outside the window and {REFERENCE_MARGIN_FRAMES} frames around it; in-window: the old draw, targets included, for ablations)."),
@@ -310,7 +311,7 @@ def cals_task(
         a2l_config = tiny_a2l_config(a2l_config.unit_dim)
     if critic is not None and not critic.exists():
         raise FileNotFoundError(f"--critic {critic} does not exist")
-    l2f = LipToFaceConfig(unit_dim=a2l_config.unit_dim, widths=_widths(widths, "--widths"), lip_channels=lip_channels, film=film)
+    l2f = LipToFaceConfig(unit_dim=a2l_config.unit_dim, widths=_widths(widths, "--widths"), lip_channels=lip_channels, film=film, unit_norm=unit_norm)
     discriminator = DiscriminatorConfig(_widths(disc_widths, "--disc-widths"))
     if tiny:
         small = tiny_cals_config(a2l_config.unit_dim)

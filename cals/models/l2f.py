@@ -64,6 +64,11 @@ class LipToFaceConfig:
             128 and six stages). The decoder mirrors them.
         lip_channels: size of the projected lip code l_t.
         film: FiLM-condition every decoder scale on l_t (False: the bottleneck only).
+        unit_norm: layer-normalise the units before the lip MLP and use LeakyReLU(0.2) in it
+            (False: raw units and ReLU, the first version). Measured: with raw units the MLP's
+            ReLUs were all off on every frame after 60 CPU steps (A2L units vary by 0.02-0.05 per
+            dimension over a clip), so nothing of the audio reached the generator; False stays
+            the default so saved runs load as they were trained.
         crop_size: side of the square frames (the shards' 128).
     """
 
@@ -72,6 +77,7 @@ class LipToFaceConfig:
     lip_channels: int = 256
     film: bool = True
     crop_size: int = CROP_SIZE
+    unit_norm: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
@@ -152,7 +158,8 @@ class LipToFace(nn.Module):
             [nn.Sequential(conv_norm_relu(IDENTITY_CHANNELS, w[0]), Residual(w[0]))]
             + [nn.Sequential(conv_norm_relu(w[k - 1], w[k], stride=2), Residual(w[k])) for k in range(1, len(w))]
         )
-        self.lip = nn.Sequential(nn.Linear(config.unit_dim, config.lip_channels), nn.ReLU(inplace=True),
+        activation = nn.LeakyReLU(0.2, inplace=True) if config.unit_norm else nn.ReLU(inplace=True)
+        self.lip = nn.Sequential(nn.Linear(config.unit_dim, config.lip_channels), activation,
                                  nn.Linear(config.lip_channels, config.lip_channels))
         self.fuse = nn.Sequential(conv_norm_relu(w[-1] + config.lip_channels, w[-1]), Residual(w[-1]))
         self.up = nn.ModuleList()
@@ -180,7 +187,8 @@ class LipToFace(nn.Module):
         for stage in self.encoder:
             x = stage(x)
             skips.append(x)
-        lip = self.lip(units.reshape(batch * time, -1))
+        flat = units.reshape(batch * time, -1)
+        lip = self.lip(F.layer_norm(flat, flat.shape[-1:]) if self.config.unit_norm else flat)
         x = self.fuse(torch.cat([x, lip[:, :, None, None].expand(-1, -1, *x.shape[-2:])], dim=1))
         for up, merge, film, skip in zip(self.up, self.merge, self.film, reversed(skips[:-1])):
             x = up(F.interpolate(x, scale_factor=2, mode="nearest"))

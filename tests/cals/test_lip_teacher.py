@@ -89,3 +89,21 @@ def test_cals_trains_with_the_teacher_and_resumes_exactly(tmp_path):
                                                      torch.rand(10, 3, 128, 128)).shape == (10, 3, 128, 128)
     bad = run_cals(tmp_path / "d", tmp_path / "c", 1, "--lip-teacher", "lips")
     assert bad.exit_code != 0 and "lip_teacher must be one of none, mouth" in bad.output, bad.output
+
+
+def test_normalised_units_keep_the_lip_path_alive():
+    """``LipToFaceConfig.unit_norm``: with its first layer's ReLUs all off (what 60 CPU steps did
+    to raw units), the raw lip MLP gives the same code whatever the units; the normalised one
+    with LeakyReLU still follows them."""
+    from cals.models.l2f import LipToFace
+
+    torch.manual_seed(0)
+    units = torch.randn(1, 4, 12) * 0.05 + 0.4  # A2L-like: small variation around a common value
+    codes = {}
+    for norm in (False, True):
+        generator = LipToFace(LipToFaceConfig(unit_dim=12, widths=(8, 8), lip_channels=8, unit_norm=norm))
+        torch.nn.init.constant_(generator.lip[0].bias, -100.0)  # every unit off, on every frame
+        inputs = torch.nn.functional.layer_norm(units, (12,)) if norm else units
+        codes[norm] = generator.lip(inputs[0])
+    assert torch.allclose(codes[False], codes[False][:1].expand_as(codes[False]))  # the broken variant: deaf
+    assert codes[True].std(0).mean() > 1e-3
