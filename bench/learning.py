@@ -3,7 +3,7 @@
 clips, then ``cals-eval`` on frames it never trained on. Not a test.
 
     python bench/learning.py --work /tmp/bench-learning [--steps 300] [--device cpu|cuda] [--tiny/--paper] [--results FILE]
-                             [--lip-teacher none|mouth] [--recon-lower-weight W]
+                             [--lip-teacher none|mouth] [--recon-lower-weight W] [--unit-norm]
 
 ``--lip-teacher`` and ``--recon-lower-weight`` are the CALS stage's options of the same names
 (README "Options against the audio-blind shortcut"; default: the paper's method).
@@ -87,6 +87,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared 2-core machine)")
     parser.add_argument("--results", type=Path, default=None, help="also write the numbers as JSON here")
     parser.add_argument("--lip-teacher", default=RecipeConfig.lip_teacher, help="CALS stage: none (the paper's) or mouth (teacher forcing)")
+    parser.add_argument("--unit-norm", action="store_true", help="CALS stage: layer-normalised units, LeakyReLU lip MLP")
     parser.add_argument("--recon-lower-weight", type=float, default=RecipeConfig.recon_lower_weight, help="CALS stage: weight of the mouth rows in L_recon")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -94,7 +95,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     results: dict = {"machine": machine(), "steps_per_stage": args.steps, "batch_size": args.batch_size, "lr": args.lr,
                      "sizes": "paper" if args.paper else "tiny", "device": args.device, "lip_teacher": args.lip_teacher,
-                     "recon_lower_weight": args.recon_lower_weight}
+                     "recon_lower_weight": args.recon_lower_weight, "unit_norm": args.unit_norm}
 
     started = time.perf_counter()
     dataset, _, frames = prepare_dataset(work)
@@ -107,7 +108,7 @@ def main() -> None:
     runs = work / "runs"
     config = RecipeConfig(steps_per_stage=args.steps, batch_size=args.batch_size, lr=args.lr, device=args.device,
                           tiny=not args.paper, workers=1, ckpt_every=args.steps, lip_teacher=args.lip_teacher,
-                          recon_lower_weight=args.recon_lower_weight)
+                          recon_lower_weight=args.recon_lower_weight, unit_norm=args.unit_norm)
     critic_only = work / "split-no-units"
     split_in_time(iter_samples(dataset, split="train"), critic_only, TRAIN_SHARE, held_out=HELD_OUT)
     critic, loss = (TINY_CRITIC if config.tiny else SyncCriticConfig()), SyncLossConfig()

@@ -69,6 +69,7 @@ def _csv(values: tuple[int, ...]) -> str:
 # The CALS options the recipe shares with `cals-train cals` (defaults: the paper's method).
 LIP_TEACHER_OPTION = typer.Option(CalsTask.lip_teacher, "--lip-teacher", help=f"CALS teacher forcing of the lip units: {' or '.join(LIP_TEACHERS)} (mouth: on --teacher-share of the windows the generator reads units a small encoder makes from the target's own lower face, and A2L is pulled to them by --lambda-units; not the paper's, see README 'Audio dependence') [default: none, the paper's].")
 RECON_LOWER_WEIGHT_OPTION = typer.Option(CalsLossConfig.recon_lower_weight, "--recon-lower-weight", min=1e-6, help="CALS: weight of the masked rows (the mouth) in L_recon relative to the rows above [default: 1, the paper's plain L1].")
+UNIT_NORM_OPTION = typer.Option(LipToFaceConfig.unit_norm, "--unit-norm/--no-unit-norm", help="CALS: layer-normalise the lip units before the generator's lip MLP and use LeakyReLU in it (with raw units its ReLUs died in 60 CPU steps, see README 'Options against the audio-blind shortcut').")
 NOISE_DIR_OPTION = typer.Option(None, "--noise-dir", help="Folder of noise .wav files (e.g. DEMAND) mixed into the audio [default: no noise, cals ships no noise corpus].")
 SNR_MIN_OPTION = typer.Option(PAPER_AUGMENT.snr_db[0], "--snr-min", help="Lowest noise SNR, dB.")
 SNR_MAX_OPTION = typer.Option(PAPER_AUGMENT.snr_db[1], "--snr-max", help="Highest noise SNR, dB.")
@@ -105,6 +106,7 @@ def _app(
     quiet: bool = typer.Option(False, "--quiet", help="Recipe: no progress bars."),
     lip_teacher: str = LIP_TEACHER_OPTION,
     recon_lower_weight: float = RECON_LOWER_WEIGHT_OPTION,
+    unit_norm: bool = UNIT_NORM_OPTION,
     noise_dir: Optional[Path] = NOISE_DIR_OPTION,
     snr_min: float = SNR_MIN_OPTION,
     snr_max: float = SNR_MAX_OPTION,
@@ -128,7 +130,7 @@ def _app(
         config = RecipeConfig(steps_per_stage=steps_per_stage, batch_size=batch_size, lr=lr, device=device, seed=seed,
                               ckpt_every=ckpt_every, lip_model=str(lip_model) if lip_model else None, keep_units=keep_units,
                               workers=workers, tiny=tiny, augment=augment_config(noise_dir, snr_min, snr_max, noise_prob, time_masks, freq_masks),
-                              lip_teacher=lip_teacher, recon_lower_weight=recon_lower_weight)
+                              lip_teacher=lip_teacher, recon_lower_weight=recon_lower_weight, unit_norm=unit_norm)
         stages = run_recipe(shards, out, config, log=lambda line: err.print(line, highlight=False), show_progress=not quiet)
     except (FileNotFoundError, FileExistsError, ValueError, ShardMismatch) as error:
         fail(str(error))
@@ -286,7 +288,7 @@ def cals_task(
     widths: str = typer.Option(_csv(LipToFaceConfig.widths), "--widths", help="Lip-to-Face encoder widths per stage, comma-separated (each later stage halves the size)."),
     lip_channels: int = typer.Option(LipToFaceConfig.lip_channels, "--lip-channels", min=1, help="Size of the projected lip code."),
     film: bool = typer.Option(LipToFaceConfig.film, "--film/--no-film", help="FiLM-condition every decoder scale on the lip code (else the bottleneck only)."),
-    unit_norm: bool = typer.Option(LipToFaceConfig.unit_norm, "--unit-norm/--no-unit-norm", help="Layer-normalise the lip units before the generator's lip MLP and use LeakyReLU in it (with raw units its ReLUs died in 60 CPU steps, see README 'Audio dependence')."),
+    unit_norm: bool = UNIT_NORM_OPTION,
     disc_widths: str = typer.Option(_csv(DiscriminatorConfig.widths), "--disc-widths", help="PatchGAN discriminator widths, comma-separated."),
     tiny: bool = typer.Option(RecipeConfig.tiny, "--tiny", help=f"Sizes (--widths, --lip-channels, --disc-widths; A2L's without --a2l): {TINY_HELP}"),
     reference: str = typer.Option(CalsTask.reference, "--reference", help=f"Training reference frame: {' or '.join(REFERENCE_RULES)} (drawn outside the window and {REFERENCE_MARGIN_FRAMES} frames around it; in-window: the old draw, targets included, for ablations)."),

@@ -28,10 +28,11 @@ stages 1, 3 and 4 are plain :mod:`cals.train` runs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from cals.models.l2f import LipToFaceConfig
 from cals.stream import PAPER_AUGMENT, AugmentConfig
 from cals.train.cals import CalsLossConfig, CalsTask
 
@@ -56,8 +57,9 @@ class RecipeConfig:
         tiny: small widths everywhere (tests).
         augment: audio augmentation of the A2L and CALS stages (the paper's SpecAugment by
             default; noise only with noise files).
-        lip_teacher, recon_lower_weight: the CALS stage's ``CalsTask.lip_teacher`` and
-            ``CalsLossConfig.recon_lower_weight`` (defaults: the paper's, no teacher, plain L1).
+        lip_teacher, recon_lower_weight, unit_norm: the CALS stage's ``CalsTask.lip_teacher``,
+            ``CalsLossConfig.recon_lower_weight`` and ``LipToFaceConfig.unit_norm`` (defaults:
+            no teacher, plain L1, raw units).
     """
 
     steps_per_stage: int = 1000
@@ -74,6 +76,7 @@ class RecipeConfig:
     augment: AugmentConfig = PAPER_AUGMENT
     lip_teacher: str = CalsTask.lip_teacher
     recon_lower_weight: float = CalsLossConfig.recon_lower_weight
+    unit_norm: bool = LipToFaceConfig.unit_norm
 
 
 def stage_done(folder: Path, steps: int) -> bool:
@@ -188,6 +191,7 @@ def run_recipe(shards: str | Path, out: str | Path, config: RecipeConfig = Recip
         model_config, disc = tiny_cals_config(unit_dim), TINY_DISCRIMINATOR
     else:
         model_config, disc = CalsConfig(a2l=a2l, l2f=LipToFaceConfig(unit_dim=unit_dim)), DiscriminatorConfig()
+    model_config = replace(model_config, l2f=replace(model_config.l2f, unit_norm=config.unit_norm))
     window = model_config.window
     started = _saved_run(folders["cals"]).get("task_config", {})  # a run already started keeps its periods
     plateau = started.get("loss", {}).get("plateau_steps") or max(1, min(PLATEAU_STEPS_MAX, steps // PLATEAU_CHECKS_PER_STAGE))
