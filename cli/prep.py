@@ -21,6 +21,7 @@ from cals.constants import SYNC_MAX_OFFSET, SYNC_MIN_CONF, SYNCNET_BATCH_SIZE, S
 from cli.common import DetectorName, MediapipeModel, err, fail, keyword_parameters, new_app, plain_values, register_command, run_app
 from pipeline.io import DECODERS
 from pipeline.prep_job import NothingPrepared, PrepJobError, PrepOptions, prepare_dataset
+from pipeline.recipes.folder import PREP_DEFAULTS as FOLDER_PREP_DEFAULTS
 from pipeline.recipes.lrs2 import MAIN_SUBSET as LRS2_DEFAULT_SUBSET, SUBSET_CHOICES as LRS2_SUBSETS
 from pipeline.recipes.lrs3 import DEFAULT_SUBSET as LRS3_DEFAULT_SUBSET, LRS3_VAL_SHARE, SUBSET_CHOICES as LRS3_SUBSETS
 from pipeline.recipes.voxceleb2 import DEFAULT_SUBSET as VOX2_DEFAULT_SUBSET, SUBSET_CHOICES as VOX2_SUBSETS, VOX2_VAL_SHARE
@@ -136,7 +137,7 @@ def share_option(split: str, default: float, of: str, more: str = "") -> typer.m
     return typer.Option(default, f"--{split}", help=f"Share of {of} in the {split} split (speaker-hashed{more}).")
 
 
-@prep_command("folder", tracks="all", scenes=True)
+@prep_command("folder", **FOLDER_PREP_DEFAULTS)
 def folder(
     root: Path = typer.Option(..., "--root", help="Folder of videos (mp4 avi mkv mov webm), searched recursively; speaker = parent folder name."),
     val: float = share_option("val", 0.05, "speakers", "; by clip when too few speakers leave it empty"),

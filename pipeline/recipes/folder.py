@@ -23,6 +23,9 @@ VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm")
 SPLITS = ("train", "val", "test")
 #: Characters of the readable part of a key (a hash suffix keeps keys unique).
 KEY_STEM_CHARS = 80
+#: ``cals-prep folder``'s ``--tracks`` / ``--scenes`` defaults (any footage: every face track
+#: of each shot, one sample each, keyed ``KEY-s<scene>t<track>``); PrepParams fields.
+PREP_DEFAULTS = {"tracks": "all", "scenes": True}
 
 
 def stable_fraction(text: str) -> float:

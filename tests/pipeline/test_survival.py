@@ -17,7 +17,8 @@ import pytest
 
 from cals.layout import MANIFEST_FILE
 from pipeline.prepare_clip import PrepParams
-from pipeline.recipes.folder import prepare_folder
+from pipeline.prep_job import PrepOptions
+from pipeline.recipes.folder import PREP_DEFAULTS, prepare_folder
 from pipeline.run import OutputMismatch, run_prep
 from pipeline.verify import verify_dataset
 from tests.conftest import FIXTURE_VIDEO, ffmpeg, needs_fixtures
@@ -43,13 +44,20 @@ def output_digests(dataset: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """An uninterrupted run: what every interrupted-and-resumed run must equal."""
+    """An uninterrupted run with :func:`cli_command`'s parameters (``cals-prep folder``'s
+    defaults): what every interrupted-and-resumed CLI run must equal."""
     root = make_corpus(tmp_path_factory.mktemp("ref") / "corpus")
     out = tmp_path_factory.mktemp("refout") / "corpus"
-    run_prep(prepare_folder(root, val=0, test=0), out, PrepParams(), shard_mb=TINY_SHARDS, workers=1, show_progress=False)
+    run_prep(prepare_folder(root, val=0, test=0), out, folder_cli_params(), shard_mb=TINY_SHARDS, workers=1, show_progress=False)
     digests = output_digests(out)
     assert sum(name.endswith(".tar") for name in digests) == len(CLIPS)
     return root, digests  # samples record their source path: interrupted runs read the same root
+
+
+def folder_cli_params() -> PrepParams:
+    """The PrepParams of :func:`cli_command`: ``cals-prep folder``'s own defaults (its
+    --tracks/--scenes from the recipe, the rest from PrepOptions), as the CLI builds them."""
+    return PrepOptions(**PREP_DEFAULTS).prep_params()
 
 
 def cli_command(root: Path, out: Path) -> list[str]:
