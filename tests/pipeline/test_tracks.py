@@ -11,8 +11,8 @@ are not obtainable here and a critic trained in the test takes minutes of CPU. R
 not know which face speaks (measured: they rank the frozen face higher, 0.19 vs 0.10 here), so
 the test checks the wiring with the real scorer: every track scored against its own audio span,
 the highest-confidence one of the scene kept, the other recorded ``not_speaking`` with its
-number; the rule itself is tested in test_tracks_units.py. That the *speaking* face wins needs
-the released syncnet_v2.model (not shown here).
+number; the rule itself is tested in test_tracks_units.py. That the *speaking* face wins is
+shown in test_speaker.py, with the same random trunks and heads fitted there on another clip.
 """
 
 from __future__ import annotations
