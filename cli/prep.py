@@ -69,7 +69,7 @@ def _common_options(
     min_face_px: float = typer.Option(PrepOptions.min_face_px, "--min-face-px", min=0.0, help="--tracks all|speaker: drop tracks whose median face box is smaller, source pixels (small_face)."),
     min_sharpness: float = typer.Option(PrepOptions.min_sharpness, "--min-sharpness", min=0.0, help="--tracks all|speaker: drop tracks whose crops' median variance of the Laplacian is lower (blurry)."),
     max_interpolated: float = typer.Option(PrepOptions.max_interpolated, "--max-interpolated", min=0.0, max=1.0, help="--tracks all|speaker: drop tracks with a larger share of examined frames without their own detection (interpolated)."),
-    max_seconds: Optional[float] = typer.Option(None, "--max-seconds", min=0.04, help="--tracks all|speaker: split longer tracks into consecutive samples, at the quietest frame of the last quarter before the limit."),
+    max_seconds: Optional[float] = typer.Option(None, "--max-seconds", min=0.04, help="Split longer tracks (every --tracks mode) into consecutive samples, at the quietest frame of the last quarter before the limit."),
     decoder: DecoderName = typer.Option(DecoderName(PrepOptions.decoder), "--decoder", help="pyav: decode in-process with PyAV (FFmpeg's filters, no process per clip); ffmpeg: ffprobe + one ffmpeg process per stream (the path of runs before --decoder)."),
     fail_fast: bool = typer.Option(False, "--fail-fast", help="Stop at the first unexpected error instead of recording it (debugging)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar or summary table."),

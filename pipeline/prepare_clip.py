@@ -127,8 +127,9 @@ class PrepParams:
 
     @property
     def legacy(self) -> bool:
-        """One dominant track per clip, no scene split: today's one sample per clip."""
-        return self.tracks == "dominant" and not self.scenes
+        """One dominant track per clip, no scene split, no ``--max-seconds``: today's one sample
+        per clip."""
+        return self.tracks == "dominant" and not self.scenes and self.max_seconds is None
 
 
 def fit_audio(audio: np.ndarray, num_frames: int) -> tuple[np.ndarray, int]:
@@ -182,6 +183,7 @@ class ClipFaces:
         scores: the frame's own detection score; 0 = filled in by the tracker.
         examined: frames the detector looked at.
         faces_seen: most detections on one examined frame.
+        faces_per_frame: detections on each frame, -1 = not examined (what :meth:`frames` slices by).
     """
 
     crops: list[Any] = field(default_factory=list)
@@ -189,10 +191,18 @@ class ClipFaces:
     scores: list[float] = field(default_factory=list)
     examined: int = 0
     faces_seen: int = 0
+    faces_per_frame: list[int] = field(default_factory=list)
 
     @property
     def num_frames(self) -> int:
         return len(self.crops)
+
+    def frames(self, start: int, end: int) -> "ClipFaces":
+        """Frames ``start .. end`` (end exclusive), with their own examined and faces-seen counts
+        (from :attr:`faces_per_frame`, which :func:`clip_faces` fills)."""
+        seen = self.faces_per_frame[start:end]
+        return ClipFaces(crops=self.crops[start:end], boxes=self.boxes[start:end], scores=self.scores[start:end],
+                         examined=sum(1 for n in seen if n >= 0), faces_seen=max(seen, default=0), faces_per_frame=list(seen))
 
     @property
     def detected(self) -> int:
@@ -224,6 +234,7 @@ def clip_faces(
             kept.submit(face.crop)
             faces.boxes.append((x0 + offset_x, y0 + offset_y, x1 + offset_x, y1 + offset_y))
             faces.scores.append(face.score)
+            faces.faces_per_frame.append(face.faces)
             if face.examined:
                 faces.examined += 1
                 faces.faces_seen = max(faces.faces_seen, face.faces)

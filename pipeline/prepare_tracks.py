@@ -8,7 +8,8 @@
 - ``--tracks dominant --scenes``: the same streaming chain, the tracker restarted at every cut
   (:class:`SceneStream` feeds :class:`~pipeline.stages.scenes.SceneSplitter` each frame as it is
   decoded). One scene: the same one sample as without ``--scenes``. Several: one sample per
-  scene, keyed ``KEY-s<scene>t00``.
+  scene, keyed ``KEY-s<scene>t00``. ``--max-seconds`` (with or without ``--scenes``) splits a
+  longer scene's track the same way as below (HDTF's minutes-long raw videos).
 - ``--tracks all|speaker``: two passes over the decoded frames. Pass 1 detects (every
   ``--detect-every``-th frame) and splits scenes, keeping boxes only; per scene the IoU tracks
   (:mod:`pipeline.stages.tracks`). Tracks shorter than ``--min-track`` frames are dropped
@@ -150,7 +151,7 @@ def process_source(source: ClipSource, params: PrepParams, detector: Detector, s
     whole cannot be used (its reasons as :func:`~pipeline.prepare_clip.process_clip`, and
     ``no_track``); tracks dropped by a filter are in :attr:`SourceResult.dropped`."""
     whole_frame = getattr(detector, "squares", None) is not None  # --detector none: one "track", the frame
-    if params.legacy or (whole_frame and not params.scenes):
+    if params.legacy or (whole_frame and not params.scenes and params.max_seconds is None):
         result = process_clip(source, params, detector)
         return SourceResult(samples=[(source.key, result, {})])
     if params.tracks == "dominant" or whole_frame:
@@ -168,15 +169,18 @@ def _columns(source: ClipSource, scene: int, track: int, part: Optional[int], fi
 
 
 def _dominant_scenes(source: ClipSource, params: PrepParams, detector: Detector) -> SourceResult:
-    """``--tracks dominant --scenes``: the streaming dominant chain restarted at each cut."""
+    """``--tracks dominant`` with ``--scenes`` and/or ``--max-seconds``: the streaming dominant
+    chain restarted at each cut; a scene longer than ``--max-seconds`` split at its quietest frame
+    (:func:`split_points`). One scene, not split: the same one sample as the plain chain."""
     info, window, expected = validate_clip(source, params)
     audio = read_audio(info, window, decoder=params.decoder)
-    splitter = SceneSplitter(params.scene)
     keep = _encoder(params)
     with closing(decoded_frames(info, window, params)) as frames:
-        scenes = [clip_faces(info, window, detector, params, keep, frames=segment) for segment in SceneStream(frames, splitter).segments()]
+        segments = SceneStream(frames, SceneSplitter(params.scene)).segments() if params.scenes else iter([frames])
+        scenes = [clip_faces(info, window, detector, params, keep, frames=segment) for segment in segments]
     scenes = [faces for faces in scenes if faces.num_frames]
-    if len(scenes) <= 1:
+    max_frames = int(round(params.max_seconds * FPS)) if params.max_seconds is not None else None
+    if len(scenes) <= 1 and (max_frames is None or not scenes or scenes[0].num_frames <= max_frames):
         faces = scenes[0] if scenes else ClipFaces()
         check_faces(faces, info, expected, params)
         result = encode_clip(source, info, audio, faces, detector.name, params, measure_lip_top(faces.crops))
@@ -186,21 +190,28 @@ def _dominant_scenes(source: ClipSource, params: PrepParams, detector: Detector)
     out = SourceResult()
     dropped: Counter = Counter()
     first = 0
-    for index, faces in enumerate(scenes):
-        span = (first, first + faces.num_frames)
-        key = sample_key(source.key, index, 0)
-        columns = _columns(source, index, 0, None, first)
-        try:
-            check_faces(faces, info, faces.num_frames, params)
-            clip = replace(source, key=key)
-            piece = audio[AUDIO_SAMPLES_PER_FRAME * span[0] : AUDIO_SAMPLES_PER_FRAME * span[1]]
-            result = encode_clip(clip, info, piece, faces, detector.name, params, measure_lip_top(faces.crops),
-                                 track=_track_meta(source, span, index, 0, None, first, "dominant"))
-            out.samples.append((key, result, columns))
-        except ClipError as error:
-            out.dropped.append((key, error.reason, error.detail[:500], columns))
-            dropped[error.reason] += 1
-        first = span[1]
+    for index, scene_faces in enumerate(scenes):
+        scene = (first, first + scene_faces.num_frames)
+        pieces = [(0, scene_faces.num_frames)]
+        if max_frames is not None:
+            scene_audio = audio[AUDIO_SAMPLES_PER_FRAME * scene[0] : AUDIO_SAMPLES_PER_FRAME * scene[1]]
+            pieces = split_points(scene_audio, scene_faces.num_frames, max_frames)
+        for part, (a, b) in enumerate(pieces):
+            part_index = part if len(pieces) > 1 else None
+            start = scene[0] + a
+            key = sample_key(source.key, index, 0, part_index)
+            columns = _columns(source, index, 0, part_index, start)
+            faces = scene_faces if len(pieces) == 1 else scene_faces.frames(a, b)
+            try:
+                check_faces(faces, info, faces.num_frames, params)
+                piece = audio[AUDIO_SAMPLES_PER_FRAME * start : AUDIO_SAMPLES_PER_FRAME * (start + b - a)]
+                result = encode_clip(replace(source, key=key), info, piece, faces, detector.name, params, measure_lip_top(faces.crops),
+                                     track=_track_meta(source, scene, index, 0, part_index, start, "dominant"))
+                out.samples.append((key, result, columns))
+            except ClipError as error:
+                out.dropped.append((key, error.reason, error.detail[:500], columns))
+                dropped[error.reason] += 1
+        first = scene[1]
     out.source = _source_fields(info, total, len(scenes), len(scenes), len(out.samples), dropped)
     return out
 

@@ -179,3 +179,18 @@ def test_max_seconds_splits_a_track_into_consecutive_samples(media, detector):
     assert [k for k, _, _ in spans] == ["cut-s00t00p00", "cut-s00t00p01", "cut-s01t00p00", "cut-s01t00p01"]
     assert all(n <= 50 for _, _, n in spans)
     assert spans[0][1] == 0 and spans[1][1] == spans[0][2] and spans[1][1] + spans[1][2] == CUT_FRAME
+
+
+def test_max_seconds_splits_the_dominant_track_too(media, detector):
+    """HDTF's raw videos are minutes long and prep them with ``--tracks dominant``: the limit
+    applies there as well (it was ignored: one 150-frame sample, which this test rejects)."""
+    whole = process_source(clip(media, "cut"), PrepParams(scenes=False, detect_every=1), detector)
+    result = process_source(clip(media, "cut"), PrepParams(scenes=False, max_seconds=2.0, detect_every=1), detector)
+    spans = [(key, c["first_frame"], r.fields["num_frames"]) for key, r, c in result.samples]
+    assert len(spans) >= 3 and all(n <= 50 for _, _, n in spans), spans
+    assert [k for k, _, _ in spans] == [f"cut-s00t00p{i:02d}" for i in range(len(spans))]
+    assert [f for _, f, _ in spans] == [0] + list(np.cumsum([n for _, _, n in spans])[:-1]), spans  # consecutive, nothing lost
+    total = whole.samples[0][1].fields["num_frames"]
+    # a last piece shorter than --min-frames is recorded, not kept
+    assert {reason for _, reason, _, _ in result.dropped} <= {"too_short"}, result.dropped
+    assert total - sum(n for _, _, n in spans) < PrepParams().min_frames * len(result.dropped) + 1, (spans, result.dropped)
