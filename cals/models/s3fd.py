@@ -30,7 +30,6 @@ shape by shape (face-alignment's ``s3fd-619a316812.pth`` uses other names and is
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -38,6 +37,8 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from cals.models.weights import read_state_dict, state_dict_mismatch
 
 #: The weights file and where to get it (syncnet_python's ``download_model.sh``).
 S3FD_WEIGHTS_FILE = "sfd_face.pth"
@@ -221,11 +222,7 @@ class S3FD:
 def layout_problems(net: nn.Module, state: Mapping[str, torch.Tensor], shown: int = 3) -> str:
     """What in ``state`` does not fit ``net`` by name and shape, summarised on one line (counts and
     the first ``shown`` names of each kind); empty when it fits."""
-    expected = net.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    misshaped = [f"{k} {tuple(getattr(state[k], 'shape', ()))} (expected {tuple(expected[k].shape)})"
-                 for k in expected if k in state and tuple(getattr(state[k], "shape", ())) != tuple(expected[k].shape)]
+    missing, unexpected, misshaped = state_dict_mismatch(net, state)
     parts = []
     for what, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", misshaped)):
         if keys:
@@ -249,16 +246,7 @@ def load_s3fd(path: str | Path, device: str | torch.device = "cpu") -> S3FD:
             message names the file, what does not fit and where to get the right one).
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(missing_weights_message(path))
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
-        raise ValueError(f"{path} is not a readable PyTorch state dict: torch.load(weights_only=True) refused it "
-                         f"({type(error).__name__}); get {S3FD_WEIGHTS_FILE} from {S3FD_WEIGHTS_URL}") from None
-    if not isinstance(state, Mapping):
-        raise ValueError(f"{path} holds a {type(state).__name__}, expected a state dict (name → tensor); "
-                         f"get {S3FD_WEIGHTS_FILE} from {S3FD_WEIGHTS_URL}")
+    state = read_state_dict(path, missing_weights_message(path), advice=f"; get {S3FD_WEIGHTS_FILE} from {S3FD_WEIGHTS_URL}")
     net = S3FDNet()
     problems = layout_problems(net, state)
     if problems:

@@ -23,7 +23,6 @@ convention); the scorer that pairs them is :mod:`cals.sync_score`.
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Optional, Sequence
@@ -39,6 +38,7 @@ from cals.constants import (
     SYNCNET_FRAME_SIZE,
     SYNCNET_MFCC_ROWS,
 )
+from cals.models.weights import read_state_dict
 
 #: Where the released weights come from (syncnet_python's ``download_model.sh``).
 SYNCNET_V2_URL = "http://www.robots.ox.ac.uk/~vgg/software/lipsync/data/syncnet_v2.model"
@@ -183,17 +183,8 @@ def load_syncnet_v2(path: str | Path, device: str | torch.device = "cpu") -> Syn
             lists missing, unexpected and mis-shaped keys).
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(missing_weights_message(path))
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
-        raise ValueError(
-            f"{path} is not a readable PyTorch state dict: torch.load(weights_only=True) refused it "
-            f"({type(error).__name__}; a corrupt file, or a pickled model object rather than its state_dict())"
-        ) from None
-    if not isinstance(state, Mapping):
-        raise ValueError(f"{path} holds a {type(state).__name__}, expected a state dict (name → tensor)")
+    state = read_state_dict(path, missing_weights_message(path),
+                            refused_note="; a corrupt file, or a pickled model object rather than its state_dict()")
     model = SyncNetV2()
     check_state_dict(model, state, source=str(path))
     model.load_state_dict(state, strict=False)
