@@ -35,8 +35,20 @@ MASK_TOP_ROW: Final[int] = CROP_SIZE // 2
 #: clip whose lip-top 1st percentile is above MASK_TOP_ROW + MASK_LIP_MARGIN_ROWS.
 MASK_LIP_MARGIN_ROWS: Final[int] = 3
 #: Crops of each prepared clip that FaceMesh measures the lip-top row on (evenly spaced, first
-#: and last included; ~30 ms per crop on one CPU core).
-LIP_TOP_SAMPLES: Final[int] = 16
+#: and last included): one per LIP_TOP_FRAMES_PER_SAMPLE frames (1 per second), at least
+#: LIP_TOP_MIN_SAMPLES, at most LIP_TOP_MAX_SAMPLES, never more than the clip's frames
+#: (:func:`pipeline.prepare_clip.lip_top_samples`). Why: FaceMesh costs 6-8 ms per 128x128
+#: crop on one core, and 16 crops per 2 s clip were 73 % of ``--detector none`` prep (BENCHMARKS.md,
+#: issue 12); a 2 s clip now takes 4 (~25-30 ms). Measured against
+#: FaceMesh on every crop (bench/lip_top_samples.py, the 7 talking fixture clips, rows of 128): on
+#: every 2 s window of them, 4 crops move the median by at most 2.4 rows (mean 0.6) and p1 by at most
+#: 3.8 (mean 1.2), against 0.65 / 1.3 for 16 crops; 3 crops move p1 up to 7.2, 6 crops 3.4 (4 is
+#: the knee). On the whole clips (5-20 s: 5-16 crops) median at most 1.9, p1 at most 2.9 (16
+#: crops: 1.0, 1.8). The lip top is a per-clip check (``cals-prep verify`` warns 3 rows below the
+#: mask line), so a few rows on a 2 s clip is the price of not paying FaceMesh on 16 of its 50 frames.
+LIP_TOP_FRAMES_PER_SAMPLE: Final[int] = FPS
+LIP_TOP_MIN_SAMPLES: Final[int] = 4
+LIP_TOP_MAX_SAMPLES: Final[int] = 16
 #: FaceMesh landmarks along the top edge of the upper lip (cupid's bow 0, 37, 267 and 39, 269
 #: beside it): the lip-top row of a crop is the smallest y among them.
 UPPER_LIP_TOP_LANDMARKS: Final[tuple[int, ...]] = (0, 37, 267, 39, 269)

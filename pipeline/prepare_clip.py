@@ -8,8 +8,8 @@ The chain, one small function per step (:func:`process_clip` runs them in order)
    (:func:`pipeline.stages.face.face_track`: detect every k-th frame, track one face, square,
    crop 128x128), each crop JPEG-encoded as it comes;
 4. checks (:func:`check_faces`): decoded length, face coverage;
-5. lip top (:func:`measure_lip_top`): FaceMesh on :data:`~cals.constants.LIP_TOP_SAMPLES` of the
-   encoded crops, the row of the upper lip's top edge (median, 1st percentile), so a clip whose
+5. lip top (:func:`measure_lip_top`): FaceMesh on :func:`lip_top_samples` of the encoded crops
+   (one per second, 4 to 16; one FaceMesh graph per worker, passed in as ``landmarker``), the row of the upper lip's top edge (median, 1st percentile), so a clip whose
    mouth shows above the pose prior's mask line is visible in the manifest and ``cals-prep verify``;
 6. encode (:func:`encode_clip`): audio fit to 640·T, log-mel, manifest fields, packed sample.
 
@@ -18,13 +18,22 @@ Memory holds the encoded crops and the audio, never the decoded video.
 
 from __future__ import annotations
 
-from contextlib import closing, nullcontext
+from contextlib import closing, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Optional
 
 import numpy as np
 
-from cals.constants import AUDIO_SAMPLES_PER_FRAME, FPS, LIP_TOP_SAMPLES, MASK_TOP_ROW, SYNC_MIN_CONF, UPPER_LIP_TOP_LANDMARKS
+from cals.constants import (
+    AUDIO_SAMPLES_PER_FRAME,
+    FPS,
+    LIP_TOP_FRAMES_PER_SAMPLE,
+    LIP_TOP_MAX_SAMPLES,
+    LIP_TOP_MIN_SAMPLES,
+    MASK_TOP_ROW,
+    SYNC_MIN_CONF,
+    UPPER_LIP_TOP_LANDMARKS,
+)
 from cals.mel import MEL_PARAMS, log_mel
 from cals.metrics import LIP_LANDMARKS, MouthLandmarker
 from cals.shard_format import JPEG_QUALITY_DEFAULT, decode_frames, encode_frames, pack_sample
@@ -267,7 +276,7 @@ class LipTop:
         median, p1: median and 1st percentile (linear interpolation) of the lip-top row over the
             measured crops; None when FaceMesh found no face on any sampled crop.
         measured: sampled crops on which FaceMesh found a face.
-        sampled: crops sampled (:data:`~cals.constants.LIP_TOP_SAMPLES`, fewer for a shorter clip).
+        sampled: crops sampled (:func:`lip_top_samples` of the clip's frames).
     """
 
     median: Optional[float]
@@ -288,15 +297,40 @@ def lip_top_rows(landmarker: MouthLandmarker, crops: np.ndarray) -> np.ndarray:
     return landmarker(crops)[:, columns, 1].min(axis=1)  # a NaN row (no face) stays NaN
 
 
-def measure_lip_top(encoded: list[bytes], samples: int = LIP_TOP_SAMPLES) -> LipTop:
-    """Lip-top step: decode ``samples`` evenly spaced crops of the encoded frames (first and last
-    included) and measure :func:`lip_top_rows` on them (one FaceMesh graph per call, ~30 ms to
-    build)."""
-    count = min(samples, len(encoded))
-    indices = sorted(set(np.linspace(0, len(encoded) - 1, count).round().astype(int).tolist()))
+def lip_top_samples(num_frames: int) -> int:
+    """Crops the lip-top step measures in a clip of ``num_frames`` frames: one per
+    :data:`~cals.constants.LIP_TOP_FRAMES_PER_SAMPLE` (rounded up), at least
+    :data:`~cals.constants.LIP_TOP_MIN_SAMPLES`, at most :data:`~cals.constants.LIP_TOP_MAX_SAMPLES`,
+    never more than ``num_frames`` (why, and what it costs in accuracy: the constants' docstring)."""
+    per_second = -(-num_frames // LIP_TOP_FRAMES_PER_SAMPLE)
+    return min(num_frames, max(LIP_TOP_MIN_SAMPLES, min(LIP_TOP_MAX_SAMPLES, per_second)))
+
+
+def lip_top_indices(num_frames: int, count: int) -> np.ndarray:
+    """``(count,)`` int indices of ``count`` evenly spaced frames of ``num_frames``, first and
+    last included (fewer when rounding repeats one)."""
+    return np.unique(np.linspace(0, num_frames - 1, min(count, num_frames)).round().astype(int))
+
+
+@contextmanager
+def landmarker_or_own(landmarker: Optional[MouthLandmarker]) -> Iterator[MouthLandmarker]:
+    """``landmarker`` as is (a worker's, kept open), or a FaceMesh graph of this block's own
+    (~30 ms to build; closed at its end) when None."""
+    if landmarker is not None:
+        yield landmarker
+        return
+    with MouthLandmarker() as own:
+        yield own
+
+
+def measure_lip_top(encoded: list[bytes], landmarker: Optional[MouthLandmarker] = None, samples: Optional[int] = None) -> LipTop:
+    """Lip-top step: decode ``samples`` (default :func:`lip_top_samples`) evenly spaced crops of
+    the encoded frames (first and last included) and measure :func:`lip_top_rows` on them with
+    ``landmarker`` (the worker's; None builds one for this call)."""
+    indices = lip_top_indices(len(encoded), lip_top_samples(len(encoded)) if samples is None else samples).tolist()
     crops = decode_frames(b"".join(encoded[i] for i in indices), [len(encoded[i]) for i in indices])
-    with MouthLandmarker() as landmarker:
-        rows = lip_top_rows(landmarker, crops)
+    with landmarker_or_own(landmarker) as mesh:
+        rows = lip_top_rows(mesh, crops)
     found = rows[~np.isnan(rows)]
     if not found.size:
         return LipTop(None, None, 0, len(indices))
@@ -366,11 +400,13 @@ def encode_clip(
     return ClipResult(sample=sample, fields=fields)
 
 
-def process_clip(source: ClipSource, params: PrepParams, detector: Detector) -> ClipResult:
+def process_clip(source: ClipSource, params: PrepParams, detector: Detector, landmarker: Optional[MouthLandmarker] = None) -> ClipResult:
     """Prepare one clip: validate → audio → face (crops JPEG-encoded as they come) → checks →
-    lip top → encode. Raises ClipError with a reason for any input it cannot use."""
+    lip top → encode. ``detector`` and ``landmarker`` are the worker's, loaded once (None
+    landmarker: one is built for this clip). Raises ClipError with a reason for any input it
+    cannot use."""
     info, window, expected = validate_clip(source, params)
     audio = read_audio(info, window, decoder=params.decoder)
     faces = clip_faces(info, window, detector, params, keep=lambda crop: encode_frames(crop[None], params.codec, params.jpeg_quality)[0])
     check_faces(faces, info, expected, params)
-    return encode_clip(source, info, audio, faces, detector.name, params, measure_lip_top(faces.crops))
+    return encode_clip(source, info, audio, faces, detector.name, params, measure_lip_top(faces.crops, landmarker))

@@ -21,6 +21,7 @@ import webdataset as wds
 from cals.atomic import PUBLISH_LOCK
 from cals.errors import NoSpaceError, is_no_space
 from cals.layout import marker_name, part_name, tar_name
+from cals.metrics import MouthLandmarker
 from pipeline.errors import ClipError
 from pipeline.manifest import SOURCE_STATUS, ClipSource, manifest_row, write_parquet
 from pipeline.prepare_clip import PrepParams
@@ -58,12 +59,14 @@ def prepare_shard(
     fail_fast: bool = False,
     detector: Optional[Detector] = None,
     skip: Optional[dict[str, tuple[str, str]]] = None,
+    landmarker: Optional[MouthLandmarker] = None,
 ) -> list[dict[str, Any]]:
     """Process ``plan``'s clips into ``out_dir/<plan.name>.tar``; return its manifest rows.
 
     ``out_dir`` is a local folder, an fsspec URL or a :class:`~pipeline.storage.Storage`.
 
-    ``detector`` is reused when given (an actor's model, loaded once); else one is built here.
+    ``detector`` and ``landmarker`` (the lip-top step's FaceMesh) are reused when given (an
+    actor's, loaded once); else one of each is built here for the shard.
     ``skip`` maps keys not to process to the (reason, detail) to record (clips that crashed
     their worker). Before each clip its key is written to the shard's marker file.
 
@@ -83,9 +86,11 @@ def prepare_shard(
     storage.makedirs()
     final_tar = tar_name(plan.name)
     tmp_tar = storage.staging_path(final_tar)
-    own_detector = detector is None
+    own_detector, own_landmarker = detector is None, landmarker is None
     if detector is None:
         detector = make_detector(params.detector, params.mediapipe_model)
+    if landmarker is None:
+        landmarker = MouthLandmarker()
     rows, written = [], 0
     sync_model = None
     if params.tracks == "speaker":
@@ -93,7 +98,7 @@ def prepare_shard(
 
         sync_model = load_syncnet_v2(params.sync_model, "cpu")
     try:
-        written = _write_tar(plan, storage, tmp_tar, params, detector, rows, progress, fail_fast, skip, sync_model)
+        written = _write_tar(plan, storage, tmp_tar, params, detector, rows, progress, fail_fast, skip, sync_model, landmarker)
     except BaseException as error:
         tmp_tar.unlink(missing_ok=True)
         if is_no_space(error):
@@ -103,6 +108,8 @@ def prepare_shard(
     finally:
         if own_detector:
             detector.close()
+        if own_landmarker:
+            landmarker.close()
     metadata = {DIGEST_KEY: clips_digest(plan.clips, params)}
     try:
         # A tar of an earlier run goes first: a crash between the part and the tar must not
@@ -131,7 +138,8 @@ def _remove_shard(storage: Storage, shard: str, tmp_tar: Path) -> None:
 
 
 def _write_tar(plan: ShardPlan, storage: Storage, tmp_tar: Path, params: PrepParams, detector: Detector, rows: list[dict[str, Any]],
-               progress: Optional[ProgressFn], fail_fast: bool, skip: Optional[dict[str, tuple[str, str]]], sync_model: Any = None) -> int:
+               progress: Optional[ProgressFn], fail_fast: bool, skip: Optional[dict[str, tuple[str, str]]], sync_model: Any = None,
+               landmarker: Optional[MouthLandmarker] = None) -> int:
     """Process the clips into the local file ``tmp_tar``, appending their rows to ``rows``;
     return the count of samples written. A full disk propagates (``OSError``), whatever step hit it."""
     final_tar = tar_name(plan.name)
@@ -146,7 +154,7 @@ def _write_tar(plan: ShardPlan, storage: Storage, tmp_tar: Path, params: PrepPar
             storage.write_text(marker, clip.key)
             rows_before = len(rows)
             try:
-                result = process_source(clip, params, detector, sync_model)
+                result = process_source(clip, params, detector, sync_model, landmarker)
             except ClipError as error:
                 rows.append(manifest_row(clip, status="failed", reason=error.reason, detail=error.detail[:500]))
             except Exception as error:  # noqa: BLE001 - one clip never kills its shard

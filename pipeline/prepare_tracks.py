@@ -39,6 +39,7 @@ from typing import Any, Iterable, Iterator, Optional
 import numpy as np
 
 from cals.constants import AUDIO_SAMPLES_PER_FRAME, FPS
+from cals.metrics import MouthLandmarker
 from cals.shard_format import decode_frames, encode_frames
 from pipeline.errors import ClipError
 from pipeline.io import read_audio
@@ -52,6 +53,7 @@ from pipeline.prepare_clip import (
     clip_faces,
     decoded_frames,
     encode_clip,
+    landmarker_or_own,
     measure_lip_top,
     process_clip,
     validate_clip,
@@ -146,17 +148,21 @@ def _dropped_summary(counts: Counter) -> Optional[str]:
     return ", ".join(f"{reason}: {n}" for reason, n in sorted(counts.items())) or None
 
 
-def process_source(source: ClipSource, params: PrepParams, detector: Detector, sync_model: Any = None) -> SourceResult:
-    """Prepare one clip into its samples (module docstring). Raises ClipError when the clip as a
-    whole cannot be used (its reasons as :func:`~pipeline.prepare_clip.process_clip`, and
-    ``no_track``); tracks dropped by a filter are in :attr:`SourceResult.dropped`."""
+def process_source(source: ClipSource, params: PrepParams, detector: Detector, sync_model: Any = None,
+                   landmarker: Optional[MouthLandmarker] = None) -> SourceResult:
+    """Prepare one clip into its samples (module docstring). ``detector``, ``sync_model`` and
+    ``landmarker`` (the lip-top step's FaceMesh) are the worker's, loaded once; a None
+    landmarker: one is built for this clip, shared by its samples. Raises ClipError when the
+    clip as a whole cannot be used (its reasons as :func:`~pipeline.prepare_clip.process_clip`,
+    and ``no_track``); tracks dropped by a filter are in :attr:`SourceResult.dropped`."""
     whole_frame = getattr(detector, "squares", None) is not None  # --detector none: one "track", the frame
     if params.legacy or (whole_frame and not params.scenes and params.max_seconds is None):
-        result = process_clip(source, params, detector)
+        result = process_clip(source, params, detector, landmarker)
         return SourceResult(samples=[(source.key, result, {})])
-    if params.tracks == "dominant" or whole_frame:
-        return _dominant_scenes(source, params, detector)
-    return _all_tracks(source, params, detector, sync_model)
+    with landmarker_or_own(landmarker) as mesh:
+        if params.tracks == "dominant" or whole_frame:
+            return _dominant_scenes(source, params, detector, mesh)
+        return _all_tracks(source, params, detector, sync_model, mesh)
 
 
 def _track_meta(source: ClipSource, scene: tuple[int, int], scene_index: int, track: int, part: Optional[int], first: int, mode: str) -> dict[str, Any]:
@@ -168,7 +174,7 @@ def _columns(source: ClipSource, scene: int, track: int, part: Optional[int], fi
     return dict(source_key=source.key, scene=scene, track=track, part=part if part is not None else 0, first_frame=first, **values)
 
 
-def _dominant_scenes(source: ClipSource, params: PrepParams, detector: Detector) -> SourceResult:
+def _dominant_scenes(source: ClipSource, params: PrepParams, detector: Detector, landmarker: MouthLandmarker) -> SourceResult:
     """``--tracks dominant`` with ``--scenes`` and/or ``--max-seconds``: the streaming dominant
     chain restarted at each cut; a scene longer than ``--max-seconds`` split at its quietest frame
     (:func:`split_points`). One scene, not split: the same one sample as the plain chain."""
@@ -183,7 +189,7 @@ def _dominant_scenes(source: ClipSource, params: PrepParams, detector: Detector)
     if len(scenes) <= 1 and (max_frames is None or not scenes or scenes[0].num_frames <= max_frames):
         faces = scenes[0] if scenes else ClipFaces()
         check_faces(faces, info, expected, params)
-        result = encode_clip(source, info, audio, faces, detector.name, params, measure_lip_top(faces.crops))
+        result = encode_clip(source, info, audio, faces, detector.name, params, measure_lip_top(faces.crops, landmarker))
         return SourceResult(samples=[(source.key, result, {})])
     total = sum(f.num_frames for f in scenes)
     _check_decoded(total, info, expected)
@@ -205,7 +211,7 @@ def _dominant_scenes(source: ClipSource, params: PrepParams, detector: Detector)
             try:
                 check_faces(faces, info, faces.num_frames, params)
                 piece = audio[AUDIO_SAMPLES_PER_FRAME * start : AUDIO_SAMPLES_PER_FRAME * (start + b - a)]
-                result = encode_clip(replace(source, key=key), info, piece, faces, detector.name, params, measure_lip_top(faces.crops),
+                result = encode_clip(replace(source, key=key), info, piece, faces, detector.name, params, measure_lip_top(faces.crops, landmarker),
                                      track=_track_meta(source, scene, index, 0, part_index, start, "dominant"))
                 out.samples.append((key, result, columns))
             except ClipError as error:
@@ -233,7 +239,7 @@ class _Kept:
     conf: Optional[float] = None
 
 
-def _all_tracks(source: ClipSource, params: PrepParams, detector: Detector, sync_model: Any) -> SourceResult:
+def _all_tracks(source: ClipSource, params: PrepParams, detector: Detector, sync_model: Any, landmarker: MouthLandmarker) -> SourceResult:
     """``--tracks all|speaker`` (module docstring)."""
     info, window, expected = validate_clip(source, params)
     audio = read_audio(info, window, decoder=params.decoder)
@@ -315,7 +321,8 @@ def _all_tracks(source: ClipSource, params: PrepParams, detector: Detector, sync
             )
             piece = audio[AUDIO_SAMPLES_PER_FRAME * first : AUDIO_SAMPLES_PER_FRAME * (first + b - a)]
             meta = _track_meta(source, scenes[track.scene], track.scene, track.index, part_index, first, params.tracks)
-            result = encode_clip(replace(source, key=key), info, piece, faces, detector.name, params, measure_lip_top(faces.crops), track=meta)
+            result = encode_clip(replace(source, key=key), info, piece, faces, detector.name, params, measure_lip_top(faces.crops, landmarker),
+                                 track=meta)
             out.samples.append((key, result, columns))
     out.source = _source_fields(info, num_frames, len(scenes), found, len(out.samples), dropped)
     if not out.samples and not out.dropped:

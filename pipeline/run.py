@@ -10,6 +10,7 @@ worker that dies is replaced and the clip it was on (its shard's marker) blamed.
 
 from __future__ import annotations
 
+import atexit
 import io
 import json
 import logging
@@ -230,24 +231,30 @@ class ShardTask:
 
 @dataclass(frozen=True)
 class PrepWorker:
-    """Prep's :class:`~pipeline.ray_pool.WorkerFactory`: each actor loads the detector once,
-    then prepares shard after shard into the dataset folder ``out_dir`` (a path or URL)."""
+    """Prep's :class:`~pipeline.ray_pool.WorkerFactory`: each actor loads the detector and the
+    lip-top step's FaceMesh (:class:`cals.metrics.MouthLandmarker`, not thread-safe: one per
+    actor) once, then prepares shard after shard into the dataset folder ``out_dir`` (a path or
+    URL); both are closed when the actor's process exits."""
 
     out_dir: str
     params: PrepParams
     fail_fast: bool
 
     def start(self, report: Report) -> Callable[[ShardTask], list[dict[str, Any]]]:
+        from cals.metrics import MouthLandmarker
         from pipeline.stages.detect import make_detector
 
         storage = open_storage(self.out_dir)
         detector = make_detector(self.params.detector, self.params.mediapipe_model)
+        landmarker = MouthLandmarker()
+        atexit.register(detector.close)
+        atexit.register(landmarker.close)
 
         def progress(clips: int, frames: int, failed: int) -> None:
             report(clips, failed, frames)
 
         def work(task: ShardTask) -> list[dict[str, Any]]:
-            return prepare_shard(task.plan, storage, self.params, progress, self.fail_fast, detector, task.skip)
+            return prepare_shard(task.plan, storage, self.params, progress, self.fail_fast, detector, task.skip, landmarker)
 
         return work
 
