@@ -53,6 +53,9 @@ SHARDS_PER_WORKER = 4
 #: LRW clip; below it a shard's fixed cost (a tar, a Parquet part, a Ray task: ~10-20 ms) nears
 #: its work. Shards are never cut below one clip, nor above ``--shard-mb``.
 MIN_SHARD_MB = 0.25
+#: Dispatch-order cost of an annotated span (:func:`clip_cost`), bytes per second: ~ a 720p
+#: H.264 talking head (the fixtures: 0.08-0.45 MB/s; HDTF's 720p-1080p sources ~0.3-1 MB/s).
+SPAN_BYTES_PER_S = 500_000
 #: Clips probed (a fixed, hash-chosen sample) to estimate the mean clip duration for planning.
 PLAN_PROBE_CLIPS = 32
 #: Deaths of a worker process on the same clip after which the clip is recorded as failed.
@@ -142,6 +145,30 @@ def plan_shards(
         for index, start in enumerate(range(0, len(clips), per_shard)):
             plans.append(ShardPlan(f"{split}-{index:06d}", split, tuple(clips[start : start + per_shard])))
     return plans
+
+
+def clip_cost(clip: ClipSource) -> float:
+    """Estimated work of one clip for dispatch ordering, in bytes: the size of its source file
+    (decode, and so the rest, grows with frames × pixels, which the encoded size roughly
+    follows); an annotated span (``end_s`` set), whose file may be much longer, counts its
+    seconds at :data:`SPAN_BYTES_PER_S`. 0 for a file that cannot be read (it fails fast). No
+    probe: one stat per clip."""
+    if clip.end_s is not None:
+        return (clip.end_s - (clip.start_s or 0.0)) * SPAN_BYTES_PER_S
+    try:
+        return float(os.stat(clip.path).st_size)
+    except OSError:
+        return 0.0
+
+
+def dispatch_order(plans: list[ShardPlan]) -> list[ShardPlan]:
+    """The order the pool hands shards out: the costliest first (:func:`clip_cost` summed over
+    the shard; ties keep the plan's order), the longest-processing-time-first rule, so a long
+    clip planned last does not run alone at the end while the other workers idle (each next shard
+    goes to the first worker free). Only the order changes: names, contents and resume are the
+    plan's."""
+    cost = {plan.name: sum(clip_cost(c) for c in plan.clips) for plan in plans}
+    return sorted(plans, key=lambda plan: -cost[plan.name])
 
 
 def plan_workers(workers: Optional[int], address: Optional[str], previous: Optional[dict[str, Any]]) -> Optional[int]:
@@ -361,7 +388,7 @@ def run_prep(
     ray_start_s = process_s = 0.0
     if todo:
         bar = Bar("clips", total=len(all_clips), completed=len(all_clips) - sum(len(p.clips) for p in todo), rate=True)
-        pool = run_pool([ShardTask(p) for p in todo], PrepWorker(storage.location, params, fail_fast), bar, name=ShardTask.shard,
+        pool = run_pool([ShardTask(p) for p in dispatch_order(todo)], PrepWorker(storage.location, params, fail_fast), bar, name=ShardTask.shard,
                         blame=clip_blame(storage), workers=workers, address=address, fail_fast=fail_fast, show_progress=show_progress,
                         then=then)
         failed_tasks = {shard: (reason, detail[:DETAIL_CHARS]) for shard, (reason, detail) in pool.failures.items()}

@@ -16,7 +16,7 @@ from pipeline.manifest import ClipSource
 from pipeline.prepare_clip import PrepParams
 from pipeline.prepare_shard import ShardPlan
 from pipeline.recipes.folder import prepare_folder
-from pipeline.run import BYTES_PER_FRAME_ESTIMATE, MIN_SHARD_MB, SHARDS_PER_WORKER, plan_shards, run_prep
+from pipeline.run import BYTES_PER_FRAME_ESTIMATE, MIN_SHARD_MB, SHARDS_PER_WORKER, SPAN_BYTES_PER_S, clip_cost, dispatch_order, plan_shards, run_prep
 from tests.conftest import TALK_CLIPS, ffmpeg, needs_fixtures
 
 SIX_CLIP_SECONDS = 8.0  # a 6-clip folder of fixture-length clips (~1.7 MB each planned)
@@ -83,3 +83,65 @@ def test_six_clip_folder_two_workers(tmp_path: Path):
     again = run_prep(prepare_folder(root, val=0, test=0), out, params, workers=1, show_progress=False)
     assert again.shards_done == 0 and again.shards_skipped == len(prep["shards"])
     assert json.loads((out / PREP_FILE).read_text())["shards"] == prep["shards"]
+
+
+def makespan(costs: list[float], workers: int) -> float:
+    """The pool's schedule: each next unit to the first worker free (list scheduling)."""
+    free = [0.0] * workers
+    for cost in costs:
+        free[free.index(min(free))] += cost
+    return max(free)
+
+
+def sized_clips(tmp_path: Path, sizes: list[int]) -> list[ClipSource]:
+    out = []
+    for i, size in enumerate(sizes):
+        path = tmp_path / f"clip{i:03d}.mp4"
+        path.write_bytes(b"\0" * size)
+        out.append(ClipSource(f"clip{i:03d}", str(path), "plan", "train", f"spk{i}"))
+    return out
+
+
+def assert_balanced(order: list[ShardPlan], workers: int) -> None:
+    """Within the longest-processing-time-first bound (Graham: 4/3 - 1/(3m) of the optimum,
+    whose lower bound is max(largest unit, total / m))."""
+    costs = [sum(clip_cost(c) for c in p.clips) for p in order]
+    bound = max(max(costs), sum(costs) / workers)
+    assert makespan(costs, workers) <= (4 / 3 - 1 / (3 * workers)) * bound + 1e-9, costs
+
+
+def test_dispatch_is_longest_first_and_keeps_the_plan(tmp_path: Path):
+    """2 workers vs 1 gave 1.23x on the 8-clip folder (BENCHMARKS.md): shards went out in key
+    order, so a long clip planned last ran alone at the end. dispatch_order hands out the
+    costliest shards first; the plan (names, clips) is untouched. Key order is rejected."""
+    sizes = [100] * 6 + [1000]  # six short clips, then one long one in key order
+    plans = plan_shards({"train": sized_clips(tmp_path, sizes)}, 500.0, 2.0, 2)
+    assert [len(p.clips) for p in plans] == [1] * 7  # one clip per shard: the order is the whole story
+    order = dispatch_order(plans)
+    assert sorted(order, key=lambda p: p.name) == plans and order[0].name == "train-000006"
+    assert_balanced(order, 2)
+    with pytest.raises(AssertionError):
+        assert_balanced(plans, 2)  # the broken variant: key order, 1,300 vs the optimum 1,000
+    # annotated spans count their seconds, not their (shared, long) file; unreadable files 0
+    span = ClipSource("span", str(tmp_path / "clip000.mp4"), "plan", "train", "s", start_s=10.0, end_s=14.0)
+    assert clip_cost(span) == 4 * SPAN_BYTES_PER_S and clip_cost(clips(1)[0]) == 0.0
+
+
+def test_run_prep_dispatches_longest_first(tmp_path: Path, monkeypatch):
+    """run_prep hands the pool its shards in dispatch_order (the pool is faked: no Ray), and
+    prep.json's shard list stays in plan order."""
+    import pipeline.run as run
+    from pipeline.ray_pool import PoolResult
+
+    handed: list[str] = []
+
+    def fake_pool(units, *args, **kwargs):
+        handed.extend(u.plan.name for u in units)
+        return PoolResult()
+
+    monkeypatch.setattr(run, "run_pool", fake_pool)
+    (tmp_path / "in").mkdir()
+    clips_by_split = {"train": sized_clips(tmp_path / "in", [100, 300, 200, 900])}
+    run_prep(clips_by_split, tmp_path / "out", PrepParams(detector="none"), workers=2, show_progress=False)
+    assert handed == ["train-000003", "train-000001", "train-000002", "train-000000"]
+    assert json.loads((tmp_path / "out" / PREP_FILE).read_text())["shards"] == sorted(handed)
