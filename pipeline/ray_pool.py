@@ -116,7 +116,11 @@ class PoolResult:
     followed: dict[str, Any] = field(default_factory=dict)
     follow_failures: dict[str, tuple[str, str]] = field(default_factory=dict)
     ray_start_s: float = 0.0  # ray.init (0 when Ray was already up)
-    process_s: float = 0.0  # the pool working through the units
+    process_s: float = 0.0  # the pool working through the units, worker start-up included
+    #: of process_s: until the first worker was ready (its process started, imports done, the
+    #: factory's model loaded) and took its first unit; the rest is the steady state
+    worker_start_s: float = 0.0
+    first_ready_at: Optional[float] = None  # time.time() when the first worker was ready
 
 
 def retries(name: Callable[[Any], str] = str, limit: int = TASK_MAX_RETRIES) -> Blame:
@@ -167,6 +171,8 @@ def run_pool(
         process_started = time.time()
         _feed(ray, units, factory, bar, name, blame or retries(name), workers, gpus, fail_fast, show_progress, result, then)
         result.process_s = time.time() - process_started
+        if result.first_ready_at is not None:  # the workers' clock: the same machine's, or a cluster node's (NTP-close)
+            result.worker_start_s = min(max(result.first_ready_at - process_started, 0.0), result.process_s)
     return result
 
 
@@ -224,6 +230,7 @@ def _actor_classes(ray: Any) -> tuple[Any, Any]:
         def __init__(self, factory: WorkerFactory, progress: Any, driver: Driver) -> None:
             driver.watch()
             self.work = factory.start(lambda done, failed, frames: progress.add.remote(done, failed, frames))
+            ray.get(progress.ready.remote(time.time()))  # the pool's start-up ends when the first worker is here
 
         def __call__(self, unit: Any) -> Any:
             return self.work(unit)
@@ -232,6 +239,13 @@ def _actor_classes(ray: Any) -> tuple[Any, Any]:
     class Progress:
         def __init__(self) -> None:
             self.done = self.failed = self.frames = 0
+            self.first_ready: Optional[float] = None
+
+        def ready(self, at: float) -> None:
+            self.first_ready = at if self.first_ready is None else min(self.first_ready, at)
+
+        def first_ready_at(self) -> Optional[float]:
+            return self.first_ready
 
         def add(self, done: int, failed: int, frames: int) -> None:
             self.done += done
@@ -335,3 +349,4 @@ def _feed(ray: Any, units: Sequence[Any], factory: WorkerFactory, bar: Bar, name
             for bar_id, (_, shown_bar, progress_actor) in zip(bar_ids, pools):
                 units_done, failed, frames = ray.get(progress_actor.snapshot.remote())
                 shown.update(bar_id, completed=shown_bar.completed + units_done, fps=frames / max(time.time() - started, 1e-9), failed=failed)
+    result.first_ready_at = ray.get(first_progress.first_ready_at.remote())

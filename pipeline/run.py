@@ -214,7 +214,8 @@ class RunSummary:
     shards_skipped: int
     plan_s: float = 0.0  # listing, probing for the shard plan, resume checks
     ray_start_s: float = 0.0  # ray.init (0 when Ray was already up or nothing was to do)
-    process_s: float = 0.0  # the actor pool working through the shards
+    process_s: float = 0.0  # the actor pool working through the shards (worker start-up included)
+    worker_start_s: float = 0.0  # of process_s: until the first worker was loaded and took its first shard
     failures: Counter = field(default_factory=Counter)
 
     @property
@@ -240,6 +241,7 @@ class RunSummary:
         table.add_row("hours out", f"{hours_out:.3f}")
         table.add_row("shards written / already complete", f"{self.shards_done} / {self.shards_skipped}")
         table.add_row("wall time", f"{self.wall_s:.1f} s")
+        table.add_row("worker start-up (first worker ready)", f"{self.worker_start_s:.1f} s")
         table.add_row("frames/s (whole run / processing only)", f"{self.frames / max(self.wall_s, 1e-9):.1f} / {self.frames / max(self.process_s, 1e-9):.1f}")
         return table
 
@@ -385,14 +387,14 @@ def run_prep(
     if show_progress and len(todo) < len(plans):
         Console(stderr=True).print(f"resuming {out_dir}: {len(plans) - len(todo)} of {len(plans)} shards already complete, {len(todo)} to do")
     failed_tasks: dict[str, tuple[str, str]] = {}
-    ray_start_s = process_s = 0.0
+    ray_start_s = process_s = worker_start_s = 0.0
     if todo:
         bar = Bar("clips", total=len(all_clips), completed=len(all_clips) - sum(len(p.clips) for p in todo), rate=True)
         pool = run_pool([ShardTask(p) for p in dispatch_order(todo)], PrepWorker(storage.location, params, fail_fast), bar, name=ShardTask.shard,
                         blame=clip_blame(storage), workers=workers, address=address, fail_fast=fail_fast, show_progress=show_progress,
                         then=then)
         failed_tasks = {shard: (reason, detail[:DETAIL_CHARS]) for shard, (reason, detail) in pool.failures.items()}
-        ray_start_s, process_s = pool.ray_start_s, pool.process_s
+        ray_start_s, process_s, worker_start_s = pool.ray_start_s, pool.process_s, pool.worker_start_s
 
     rows = []
     for plan in plans:
@@ -413,6 +415,7 @@ def run_prep(
         plan_s=plan_s,
         ray_start_s=ray_start_s,
         process_s=process_s,
+        worker_start_s=worker_start_s,
         failures=Counter(r["reason"] for r in rows if r["status"] == "failed"),
     )
     prep_info["summary"] = {
@@ -422,6 +425,7 @@ def run_prep(
         "wall_s": round(summary.wall_s, 3),
         "ray_start_s": round(summary.ray_start_s, 3),
         "process_s": round(summary.process_s, 3),
+        "worker_start_s": round(summary.worker_start_s, 3),
     }
     with no_space_raised_as_one_line(storage.url(PREP_FILE)):
         _write_json(storage, prep_info, PREP_FILE)

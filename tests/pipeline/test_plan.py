@@ -78,6 +78,8 @@ def test_six_clip_folder_two_workers(tmp_path: Path):
     first = run_prep(prepare_folder(root, val=0, test=0), out, params, workers=2, show_progress=False)
     prep = json.loads((out / PREP_FILE).read_text())
     assert first.ok == 6 and prep["plan"]["workers"] == 2
+    # the pool's start-up (worker processes, imports, detector and FaceMesh loaded) is timed on its own
+    assert 0 < first.worker_start_s < first.process_s and prep["summary"]["worker_start_s"] == round(first.worker_start_s, 3)
     assert len(prep["shards"]) >= 4, prep["shards"]
     assert len(list(out.glob("train-*.tar"))) == len(prep["shards"])
     again = run_prep(prepare_folder(root, val=0, test=0), out, params, workers=1, show_progress=False)
