@@ -720,9 +720,11 @@ class TreeCpu:
         for pid, (ppid, own, reaped) in self.seen.items():
             _, own0, reaped0 = self.base.get(pid, (ppid, 0.0, 0.0))
             used = (own - own0) + (reaped - reaped0)
-            if pid not in alive and ppid in alive:
-                continue  # reaped by its live parent: counted in the parent's cutime/cstime
             by_role[self.roles.get(pid, "ray system")] += used
+            if pid not in alive and ppid in alive:
+                # reaped by its live parent: counted again in the parent's cutime/cstime, so taken
+                # off the parent's role (the driver reaps Ray's GCS and raylet at shutdown)
+                by_role[self.roles.get(ppid, "ray system")] -= used
         self.by_role = {role: max(seconds, 0.0) for role, seconds in by_role.items()}
         self.seconds = sum(self.by_role.values())
 
