@@ -1,17 +1,22 @@
 #!/usr/bin/env python
-"""CPU-ms per frame of process_clip (--detector none and mediapipe k=3) vs the ffmpeg decode floor's CPU, on LRS2-shaped 2 s clips (process CPU time: robust to a busy machine)."""
+"""Usage: python bench/cpu_per_frame.py [REPO [WORK]]
+
+CPU-ms per frame of process_clip (--detector none and mediapipe k=3) vs the ffmpeg decode floor's CPU, on LRS2-shaped 2 s clips (process CPU time: robust to a busy machine)."""
 import os, resource, sys, time, inspect
 from pathlib import Path
-repo = Path(sys.argv[1]); sys.path.insert(0, str(repo)); sys.path.insert(0, "/work/main/bench")
+HERE = Path(__file__).resolve().parents[1]  # this checkout: its bench/prep.py builds the clips
+repo = Path(sys.argv[1]) if len(sys.argv) > 1 else HERE  # the checkout whose process_clip is measured
+sys.path.insert(0, str(repo))
 os.environ.setdefault("GLOG_minloglevel", "2")
 from pipeline.prepare_clip import PrepParams, process_clip
 from pipeline.stages.detect import make_detector
 from pipeline.recipes.lrs2 import prepare_lrs2, MAIN_SUBSET
 from pipeline.recipes.folder import SPLITS
-sys.path.insert(0, "/work/main")
+sys.path.insert(1, str(HERE))
 import importlib.util
-spec = importlib.util.spec_from_file_location("b", "/work/main/bench/prep.py"); b = importlib.util.module_from_spec(spec); sys.modules["b"] = b; spec.loader.exec_module(b)
-work = Path("/tmp/cpuclip"); 
+spec = importlib.util.spec_from_file_location("b", str(HERE / "bench" / "prep.py")); b = importlib.util.module_from_spec(spec); sys.modules["b"] = b; spec.loader.exec_module(b)
+work = Path(sys.argv[2]) if len(sys.argv) > 2 else Path("/tmp/cpu-per-frame")
+
 import shutil; shutil.rmtree(work, ignore_errors=True)
 tree = b.build_lrs2_tree(sorted(b.FIXTURE_DIR.glob("talk_*.mp4")), work / "lrs2", 12)
 clips = [c for s in SPLITS for c in prepare_lrs2(tree.root, subset=MAIN_SUBSET)[s]]
