@@ -161,12 +161,17 @@ def clip_cost(clip: ClipSource) -> float:
         return 0.0
 
 
-def dispatch_order(plans: list[ShardPlan]) -> list[ShardPlan]:
+def dispatch_order(plans: list[ShardPlan], workers: Optional[int] = None) -> list[ShardPlan]:
     """The order the pool hands shards out: the costliest first (:func:`clip_cost` summed over
     the shard; ties keep the plan's order), the longest-processing-time-first rule, so a long
     clip planned last does not run alone at the end while the other workers idle (each next shard
     goes to the first worker free). Only the order changes: names, contents and resume are the
-    plan's."""
+    plan's. One worker (``workers`` 1; None: unknown, a cluster) has nothing to balance, so it
+    keeps the plan's order, as :func:`clips_per_shard` keeps one shard: on a disk that fills up,
+    the small shards of key order stay written (biggest-first filled a 3 MB tmpfs with two large
+    shards and left no room for the manifest)."""
+    if workers is not None and workers <= 1:
+        return list(plans)
     cost = {plan.name: sum(clip_cost(c) for c in plan.clips) for plan in plans}
     return sorted(plans, key=lambda plan: -cost[plan.name])
 
@@ -390,7 +395,7 @@ def run_prep(
     ray_start_s = process_s = worker_start_s = 0.0
     if todo:
         bar = Bar("clips", total=len(all_clips), completed=len(all_clips) - sum(len(p.clips) for p in todo), rate=True)
-        pool = run_pool([ShardTask(p) for p in dispatch_order(todo)], PrepWorker(storage.location, params, fail_fast), bar, name=ShardTask.shard,
+        pool = run_pool([ShardTask(p) for p in dispatch_order(todo, asked_for)], PrepWorker(storage.location, params, fail_fast), bar, name=ShardTask.shard,
                         blame=clip_blame(storage), workers=workers, address=address, fail_fast=fail_fast, show_progress=show_progress,
                         then=then)
         failed_tasks = {shard: (reason, detail[:DETAIL_CHARS]) for shard, (reason, detail) in pool.failures.items()}

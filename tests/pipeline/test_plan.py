@@ -124,6 +124,8 @@ def test_dispatch_is_longest_first_and_keeps_the_plan(tmp_path: Path):
     assert_balanced(order, 2)
     with pytest.raises(AssertionError):
         assert_balanced(plans, 2)  # the broken variant: key order, 1,300 vs the optimum 1,000
+    assert dispatch_order(plans, 1) == plans  # one worker: nothing to balance, the plan's order
+    assert dispatch_order(plans, 2) == order
     # annotated spans count their seconds, not their (shared, long) file; unreadable files 0
     span = ClipSource("span", str(tmp_path / "clip000.mp4"), "plan", "train", "s", start_s=10.0, end_s=14.0)
     assert clip_cost(span) == 4 * SPAN_BYTES_PER_S and clip_cost(clips(1)[0]) == 0.0
@@ -147,3 +149,6 @@ def test_run_prep_dispatches_longest_first(tmp_path: Path, monkeypatch):
     run_prep(clips_by_split, tmp_path / "out", PrepParams(detector="none"), workers=2, show_progress=False)
     assert handed == ["train-000003", "train-000001", "train-000002", "train-000000"]
     assert json.loads((tmp_path / "out" / PREP_FILE).read_text())["shards"] == sorted(handed)
+    handed.clear()
+    run_prep(clips_by_split, tmp_path / "one", PrepParams(detector="none"), workers=1, show_progress=False)
+    assert handed == sorted(handed), "one worker keeps the plan's order"
