@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import webdataset as wds
 
 from cals.shard_format import FRAME_CODECS, ClipSample, check_raw, decode_sample
+from cals.urls import is_url, url_filesystem  # noqa: F401 - re-exported: cals.data.is_url is public
 
 log = logging.getLogger(__name__)
 
@@ -74,36 +75,8 @@ def read_shard(url: str, on_error: Callable[[Exception], None]) -> Iterator[dict
 
     yield from wds.tarfile_samples([dict(url=url)], handler=handler)
 
-#: The fsspec backend package of common object-store schemes (named in the missing-library error).
-FSSPEC_BACKENDS = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs", "abfss": "adlfs"}
 #: URL schemes WebDataset opens itself (curl); every other ``scheme://`` is opened with fsspec.
 WDS_SCHEMES = ("http", "https")
-
-
-def is_url(location: str | Path) -> bool:
-    """True for ``scheme://...`` (s3://, gs://, file://, ...): a location fsspec opens, not a plain path."""
-    return isinstance(location, str) and re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", location) is not None
-
-
-def url_filesystem(url: str) -> tuple[Any, str]:
-    """``(fsspec filesystem, path within it)`` for ``url``; fsspec is imported only here.
-
-    Raises ImportError with a one-line message naming what to install when fsspec or the
-    scheme's backend (s3fs, gcsfs, ...) is missing.
-    """
-    scheme = url.split("://", 1)[0].lower()
-    backend = FSSPEC_BACKENDS.get(scheme)
-    install = "pip install fsspec" + (f" {backend}" if backend else "")
-    try:
-        import fsspec
-    except ImportError:
-        raise ImportError(f"{url}: URLs need fsspec{f' and {backend}' if backend else ''}: {install}") from None
-    try:
-        return fsspec.core.url_to_fs(url)
-    except ImportError as error:
-        raise ImportError(f"{url}: no fsspec backend for {scheme}:// ({error}): {install}") from None
-    except ValueError as error:  # fsspec: "Protocol not known"
-        raise ImportError(f"{url}: fsspec cannot open {scheme}:// ({error})") from None
 
 
 def _opened_with_fsspec(url: str) -> bool:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 from cals.constants import SYNC_MAX_OFFSET, SYNC_MIN_CONF
-from cals.data import is_url
+from cals.urls import is_url
 from cals.layout import MANIFEST_FILE
 from pipeline.manifest import ClipSource
 from pipeline.prepare_clip import PrepParams

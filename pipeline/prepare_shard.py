@@ -16,12 +16,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-import webdataset as wds
-
 from cals.atomic import PUBLISH_LOCK
 from cals.errors import NoSpaceError, is_no_space
 from cals.layout import marker_name, part_name, tar_name
 from cals.metrics import MouthLandmarker
+from cals.shard_tar import ShardTarWriter
 from pipeline.errors import ClipError
 from pipeline.manifest import SOURCE_STATUS, ClipSource, manifest_row, write_parquet
 from pipeline.prepare_clip import PrepParams
@@ -144,7 +143,7 @@ def _write_tar(plan: ShardPlan, storage: Storage, tmp_tar: Path, params: PrepPar
     return the count of samples written. A full disk propagates (``OSError``), whatever step hit it."""
     final_tar = tar_name(plan.name)
     written = 0
-    with open(tmp_tar, "wb") as stream, wds.TarWriter(stream, mtime=0, user="cals", group="cals", encoder=False) as tar:
+    with open(tmp_tar, "wb") as stream, ShardTarWriter(stream) as tar:
         marker = marker_name(plan.name)
         for clip in plan.clips:
             if skip and clip.key in skip:
@@ -173,7 +172,7 @@ def _write_tar(plan: ShardPlan, storage: Storage, tmp_tar: Path, params: PrepPar
     return written
 
 
-def _write_source(tar: wds.TarWriter, clip: ClipSource, result: SourceResult, final_tar: str, rows: list[dict[str, Any]]) -> int:
+def _write_source(tar: ShardTarWriter, clip: ClipSource, result: SourceResult, final_tar: str, rows: list[dict[str, Any]]) -> int:
     """Write one clip's samples and append its rows (module :mod:`pipeline.prepare_tracks`):
     the sample rows, the dropped tracks' rows and, for a tracked clip, its source row. Returns
     the samples written."""

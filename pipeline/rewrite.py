@@ -44,6 +44,7 @@ import webdataset as wds
 from cals.atomic import atomic_write, publish, temp_path
 from cals.layout import MANIFEST_FILE, part_name, report_dir, report_name
 from cals.shard_format import META_MEMBER, is_valid_key
+from cals.shard_tar import ShardTarWriter
 from pipeline.manifest import read_metadata, read_rows, write_parquet
 
 #: Longest error detail kept in a report or the manifest (as prep's details).
@@ -158,7 +159,7 @@ def rewrite_shard(
     kept = 0
     dropped: dict[str, dict[str, Any]] = {}
     try:
-        with open(tmp, "wb") as stream, wds.TarWriter(stream, mtime=0, user="cals", group="cals", encoder=False) as tar:
+        with open(tmp, "wb") as stream, ShardTarWriter(stream) as tar:
             for raw in wds.WebDataset([str(path)], shardshuffle=False, empty_check=False):
                 key = raw["__key__"]
                 if not is_valid_key(key):

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from cals.data import is_url
+from cals.urls import is_url
 from cals.layout import MANIFEST_FILE, job_temp_globs
 from pipeline.ray_pool import Bar, Report, run_pool
 from pipeline.rewrite import ShardJob, manifest_values, rewrite_shard, scan_shard, shard_is_done, update_manifest

@@ -13,7 +13,7 @@ local file first (:meth:`Storage.staged`), then published under its final name i
   (or multipart upload) completes. On any other fsspec filesystem (``file://``, sftp, ...) it is
   uploaded to a temp name beside its final one, then renamed (``fs.mv``).
 
-fsspec is imported only for URLs (:func:`cals.data.url_filesystem`).
+fsspec is imported only for URLs (:func:`cals.urls.url_filesystem`).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
 from cals.atomic import publish, temp_name
-from cals.data import is_url, url_filesystem
+from cals.urls import is_url, url_filesystem
 from cals.layout import PARTS_DIR, PREP_TEMP_GLOBS
 
 #: fsspec protocols whose single upload is atomic (object stores): no temp object, no rename.
