@@ -160,6 +160,22 @@ def _drain(graph) -> Iterator:
             return
 
 
+#: Threads of a clip's filter graph. 1: FFmpeg's default (one per CPU) starts and joins a thread
+#: pool for every graph, 4-8 ms per clip measured here (2 s clips: 0.15-0.3 CPU-ms per frame,
+#: and one thread per core of the node in every worker), while the graph's work (fps, crop,
+#: the RGB conversion) is a small part of decoding (BENCHMARKS.md, issue 12).
+FILTER_THREADS = 1
+
+
+def _graph():
+    """A new ``av.filter.Graph`` with :data:`FILTER_THREADS` threads."""
+    import av
+
+    graph = av.filter.Graph()
+    graph.threads = FILTER_THREADS
+    return graph
+
+
 def video_filters(rotation: float, window: "Window", duration: Optional[float]) -> list[tuple[str, Optional[str]]]:
     """The video graph as (filter, arguments): autorotate, trim, crop, ``fps=25:start_time=0``,
     RGB24 (the chain ``ffmpeg`` builds for :func:`pipeline.io.iter_frames`)."""
@@ -197,7 +213,7 @@ def iter_frames(info: "MediaInfo", window: "Window", threads: int) -> Iterator[n
                 if frame.pts is None:
                     continue
                 if graph is None:
-                    graph = av.filter.Graph()
+                    graph = _graph()
                     source = graph.add_buffer(template=stream, width=frame.width, height=frame.height,
                                               format=frame.format, time_base=time_base)
                     _chain(graph, source, video_filters(frame.rotation, window, duration))
@@ -238,7 +254,7 @@ def read_audio(info: "MediaInfo", window: "Window") -> np.ndarray:
                     rate = frame.sample_rate
                     time_base = Fraction(1, rate)
                     offset = _rescale(offset_us, time_base)
-                    graph = av.filter.Graph()
+                    graph = _graph()
                     source = graph.add_abuffer(sample_rate=rate, format=frame.format.name, layout=frame.layout.name,
                                                time_base=time_base)
                     filters: list[tuple[str, Optional[str]]] = []
