@@ -20,8 +20,11 @@ MANIFEST_FILE = "manifest.parquet"
 PREP_FILE = "prep.json"
 #: Folder holding one manifest part per complete shard (and the prep workers' markers).
 PARTS_DIR = "_parts"
-#: What an interrupted prep run leaves and the next one removes: temp files, markers.
-PREP_TEMP_GLOBS = (TEMP_GLOB, f"{PARTS_DIR}/.*")
+#: Disk space a local prep run holds from its start for the manifest and prep.json (released
+#: just before they are written), so a disk the shards filled still takes them.
+RESERVE_FILE = ".manifest-reserve"
+#: What an interrupted prep run leaves and the next one removes: temp files, markers, the reserve.
+PREP_TEMP_GLOBS = (TEMP_GLOB, f"{PARTS_DIR}/.*", RESERVE_FILE)
 
 
 def tar_name(shard: str) -> str:

@@ -27,7 +27,7 @@ from typing import Any, Callable, Optional
 from cals import __version__ as cals_version
 from cals.constants import FPS
 from cals.errors import NoSpaceError, no_space_raised_as_one_line
-from cals.layout import MANIFEST_FILE, PREP_FILE, part_name
+from cals.layout import MANIFEST_FILE, PREP_FILE, RESERVE_FILE, part_name
 from cals.mel import MEL_PARAMS
 from cals.shard_format import FORMAT_VERSION
 from pipeline import PIPELINE_VERSION
@@ -40,7 +40,7 @@ from pipeline.ray_pool import Bar, Blame, FollowUp, Report, retries, run_pool
 from pipeline.ray_session import prepare_environment
 from pipeline.recipes.folder import SPLITS, stable_fraction
 from pipeline.resume import clips_digest, crashed_clip, forget_failures, has_output, remove_unplanned, shard_is_complete
-from pipeline.storage import LocalStorage, Storage, open_storage
+from pipeline.storage import LocalStorage, Storage, open_storage, reserve_bytes, space_reserved
 
 log = logging.getLogger(__name__)
 
@@ -380,35 +380,38 @@ def run_prep(
         "clips": len(all_clips),
         "shards": [p.name for p in plans],
     }
-    with no_space_raised_as_one_line(storage.url(PREP_FILE)):
-        _write_json(storage, prep_info, PREP_FILE)
+    # The manifest's room, held from here until just before it is written (a disk the shards fill
+    # still takes it; the reserve is removed by the block's end, and by clean() after a kill).
+    with space_reserved(storage, RESERVE_FILE, reserve_bytes(len(all_clips))):
+        with no_space_raised_as_one_line(storage.url(PREP_FILE)):
+            _write_json(storage, prep_info, PREP_FILE)
 
-    plan_s = time.time() - started
-    asked_for = workers or (None if address else os.cpu_count())
-    if show_progress and resumed is not None and todo and asked_for and planned_for != asked_for:
-        made_for = f"planned for {planned_for} workers" if planned_for else "planned before worker counts were recorded"
-        Console(stderr=True).print(f"resuming {out_dir} with the plan of its first run ({len(plans)} shards, {made_for}); "
-                                   f"--force replans for {asked_for} workers")
-    if show_progress and len(todo) < len(plans):
-        Console(stderr=True).print(f"resuming {out_dir}: {len(plans) - len(todo)} of {len(plans)} shards already complete, {len(todo)} to do")
-    failed_tasks: dict[str, tuple[str, str]] = {}
-    ray_start_s = process_s = worker_start_s = 0.0
-    if todo:
-        bar = Bar("clips", total=len(all_clips), completed=len(all_clips) - sum(len(p.clips) for p in todo), rate=True)
-        pool = run_pool([ShardTask(p) for p in dispatch_order(todo, asked_for)], PrepWorker(storage.location, params, fail_fast), bar, name=ShardTask.shard,
-                        blame=clip_blame(storage), workers=workers, address=address, fail_fast=fail_fast, show_progress=show_progress,
-                        then=then)
-        failed_tasks = {shard: (reason, detail[:DETAIL_CHARS]) for shard, (reason, detail) in pool.failures.items()}
-        ray_start_s, process_s, worker_start_s = pool.ray_start_s, pool.process_s, pool.worker_start_s
+        plan_s = time.time() - started
+        asked_for = workers or (None if address else os.cpu_count())
+        if show_progress and resumed is not None and todo and asked_for and planned_for != asked_for:
+            made_for = f"planned for {planned_for} workers" if planned_for else "planned before worker counts were recorded"
+            Console(stderr=True).print(f"resuming {out_dir} with the plan of its first run ({len(plans)} shards, {made_for}); "
+                                       f"--force replans for {asked_for} workers")
+        if show_progress and len(todo) < len(plans):
+            Console(stderr=True).print(f"resuming {out_dir}: {len(plans) - len(todo)} of {len(plans)} shards already complete, {len(todo)} to do")
+        failed_tasks: dict[str, tuple[str, str]] = {}
+        ray_start_s = process_s = worker_start_s = 0.0
+        if todo:
+            bar = Bar("clips", total=len(all_clips), completed=len(all_clips) - sum(len(p.clips) for p in todo), rate=True)
+            pool = run_pool([ShardTask(p) for p in dispatch_order(todo, asked_for)], PrepWorker(storage.location, params, fail_fast), bar, name=ShardTask.shard,
+                            blame=clip_blame(storage), workers=workers, address=address, fail_fast=fail_fast, show_progress=show_progress,
+                            then=then)
+            failed_tasks = {shard: (reason, detail[:DETAIL_CHARS]) for shard, (reason, detail) in pool.failures.items()}
+            ray_start_s, process_s, worker_start_s = pool.ray_start_s, pool.process_s, pool.worker_start_s
 
-    rows = []
-    for plan in plans:
-        part = part_name(plan.name)
-        if storage.exists(part):
-            rows.extend(read_rows(io.BytesIO(storage.read_bytes(part))))
-        else:  # the task failed past its retries: every clip of the shard is recorded, none lost silently
-            reason, detail = failed_tasks.get(plan.name, ("worker_crash", "shard task did not finish"))
-            rows.extend(manifest_row(c, status="failed", reason=reason, detail=f"shard {plan.name}: {detail}") for c in plan.clips)
+        rows = []
+        for plan in plans:
+            part = part_name(plan.name)
+            if storage.exists(part):
+                rows.extend(read_rows(io.BytesIO(storage.read_bytes(part))))
+            else:  # the task failed past its retries: every clip of the shard is recorded, none lost silently
+                reason, detail = failed_tasks.get(plan.name, ("worker_crash", "shard task did not finish"))
+                rows.extend(manifest_row(c, status="failed", reason=reason, detail=f"shard {plan.name}: {detail}") for c in plan.clips)
     with no_space_raised_as_one_line(storage.url(MANIFEST_FILE)), storage.staged(MANIFEST_FILE) as tmp:
         write_parquet(rows, tmp)
     summary = RunSummary(

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
 from cals.atomic import publish, temp_name
+from cals.errors import no_space_raised_as_one_line
 from cals.urls import is_url, url_filesystem
 from cals.layout import PARTS_DIR, PREP_TEMP_GLOBS
 
@@ -109,6 +110,41 @@ class Storage:
         for pattern in patterns:
             for name in self.glob(pattern):
                 self.remove(name)
+
+
+#: Bytes of the manifest reserve (:func:`space_reserved`): a fixed part plus a share per clip, at
+#: most :data:`RESERVE_MAX_BYTES` (a manifest row is a few hundred bytes of Parquet).
+RESERVE_BASE_BYTES = 256 * 1024
+RESERVE_BYTES_PER_CLIP = 1024
+RESERVE_MAX_BYTES = 256 * 1024 * 1024
+
+
+def reserve_bytes(clips: int) -> int:
+    """The manifest reserve for a run of ``clips`` source clips, bytes."""
+    return min(RESERVE_MAX_BYTES, RESERVE_BASE_BYTES + RESERVE_BYTES_PER_CLIP * clips)
+
+
+@contextlib.contextmanager
+def space_reserved(storage: "Storage", name: str, nbytes: int) -> Iterator[None]:
+    """Hold ``nbytes`` of the disk under a local ``storage`` as the file ``name`` for the block,
+    so what is written after it (the manifest) still fits on a disk the block filled. The file
+    holds zeros (written: space a sparse file would not hold) and is removed when the block ends,
+    whatever happens. Object stores do not fill up: nothing is held there. Raises
+    :class:`cals.errors.NoSpaceError` (one line) when the disk cannot hold the reserve, before
+    the block runs."""
+    path = storage.root / name if isinstance(storage, LocalStorage) and nbytes > 0 else None
+    try:
+        if path is not None:
+            chunk = bytes(min(nbytes, 1 << 20))
+            with no_space_raised_as_one_line(str(path)), open(path, "wb") as stream:
+                for start in range(0, nbytes, len(chunk)):
+                    stream.write(chunk[: nbytes - start])
+                stream.flush()
+                os.fsync(stream.fileno())
+        yield
+    finally:
+        if path is not None:
+            path.unlink(missing_ok=True)
 
 
 class LocalStorage(Storage):

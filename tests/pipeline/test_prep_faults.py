@@ -61,14 +61,17 @@ def test_a_full_disk_while_publishing_the_tar_leaves_nothing_of_the_shard(tmp_pa
 
 
 @pytest.mark.slow
-def test_prep_onto_a_3mb_tmpfs_is_one_line_no_space_and_keeps_what_was_written(tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_prep_onto_a_3mb_tmpfs_is_one_line_no_space_and_keeps_what_was_written(tmp_path, workers):
+    """With 2 workers the shards fill the disk in whatever order they finish; the manifest still
+    fits because the run held its room from the start (pipeline.storage.space_reserved)."""
     mount = tmp_path / "mnt"
     mount.mkdir()
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True).returncode:
         pytest.skip("mounting a tmpfs is not permitted here")
     try:
         command = [sys.executable, "-m", "cli.prep", "folder", "--root", str(corpus(tmp_path / "c")), "--out", str(mount),
-                   "--workers", "1", "--shard-mb", "0.001", "--val", "0", "--test", "0", "--detector", "none", "--quiet"]
+                   "--workers", str(workers), "--shard-mb", "0.001", "--val", "0", "--test", "0", "--detector", "none", "--quiet"]
         result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
         dataset = mount / "c"
         errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
@@ -82,6 +85,26 @@ def test_prep_onto_a_3mb_tmpfs_is_one_line_no_space_and_keeps_what_was_written(t
         assert set(manifest.loc[manifest.status == "ok", "shard"]) == set(tars), "every ok row's tar exists"
         assert set(manifest.loc[manifest.status != "ok", "reason"]) == {"no_space"}
         assert not [p for p in dataset.rglob(".*")], "no temp files or markers left"
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_a_disk_too_full_for_the_manifest_reserve_stops_before_any_work(tmp_path):
+    """The run holds the manifest's room first; a disk that cannot hold it ends the run at once
+    with one line naming the reserve file (no Ray start, no shard work lost later)."""
+    mount = tmp_path / "mnt"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128k", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("mounting a tmpfs is not permitted here")
+    try:
+        command = [sys.executable, "-m", "cli.prep", "folder", "--root", str(corpus(tmp_path / "c", CLIPS[:1])), "--out", str(mount),
+                   "--workers", "1", "--val", "0", "--test", "0", "--detector", "none", "--quiet"]
+        result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert len(errors) == 1 and "no space left on device writing" in errors[0] and ".manifest-reserve" in errors[0], errors
+        assert "Traceback" not in result.stderr
+        assert not list((mount / "c").glob("*.tar")) and not list((mount / "c").glob(".*")), "nothing started, nothing left"
     finally:
         subprocess.run(["umount", str(mount)], check=False)
 

@@ -228,3 +228,21 @@ def test_prep_to_a_url_resumes_refuses_and_reads_back_like_a_local_run(tmp_path)
     assert [s.meta["key"] for s in from_url] == [s.meta["key"] for s in from_path] == sorted(c.key for c in clips["train"])
     for a, b in zip(from_url, from_path):
         assert (a.frames == b.frames).all() and (a.mel == b.mel).all() and (a.audio == b.audio).all()
+
+
+def test_the_manifest_reserve_holds_its_bytes_for_the_block_and_is_gone_after(tmp_path):
+    from cals.layout import RESERVE_FILE
+    from pipeline.storage import reserve_bytes, space_reserved
+
+    storage = LocalStorage(tmp_path)
+    with space_reserved(storage, RESERVE_FILE, reserve_bytes(3)):
+        held = tmp_path / RESERVE_FILE
+        assert held.stat().st_size == reserve_bytes(3) and held.stat().st_blocks * 512 >= reserve_bytes(3), "written, not sparse"
+    assert not held.exists()
+    with pytest.raises(RuntimeError):
+        with space_reserved(storage, RESERVE_FILE, 10):
+            raise RuntimeError("the run failed")
+    assert not held.exists(), "removed whatever happens"
+    held.write_bytes(b"left by a killed run")
+    storage.clean()
+    assert not held.exists(), "the next run's clean() removes a killed run's reserve"
