@@ -5,12 +5,14 @@ the summary counts only the shards that exist. Once with an injected fault, once
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pandas as pd
 import pytest
@@ -36,6 +38,19 @@ def corpus(root: Path, names=CLIPS) -> Path:
     for name in names:
         (root / "spk" / name).symlink_to(FIXTURE_VIDEO / name)
     return root
+
+
+@contextlib.contextmanager
+def tmpfs(mount: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` (mount's ``size=``, e.g. ``3m``) mounted at ``mount`` for the block;
+    skips the test where mounting is not permitted (not root)."""
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("mounting a tmpfs is not permitted here")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
 
 
 def everything(folder: Path) -> list[str]:
@@ -65,11 +80,7 @@ def test_a_full_disk_while_publishing_the_tar_leaves_nothing_of_the_shard(tmp_pa
 def test_prep_onto_a_3mb_tmpfs_is_one_line_no_space_and_keeps_what_was_written(tmp_path, workers):
     """With 2 workers the shards fill the disk in whatever order they finish; the manifest still
     fits because the run held its room from the start (pipeline.storage.space_reserved)."""
-    mount = tmp_path / "mnt"
-    mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True).returncode:
-        pytest.skip("mounting a tmpfs is not permitted here")
-    try:
+    with tmpfs(tmp_path / "mnt", "3m") as mount:
         command = [sys.executable, "-m", "cli.prep", "folder", "--root", str(corpus(tmp_path / "c")), "--out", str(mount),
                    "--workers", str(workers), "--shard-mb", "0.001", "--val", "0", "--test", "0", "--detector", "none", "--quiet"]
         result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
@@ -85,18 +96,12 @@ def test_prep_onto_a_3mb_tmpfs_is_one_line_no_space_and_keeps_what_was_written(t
         assert set(manifest.loc[manifest.status == "ok", "shard"]) == set(tars), "every ok row's tar exists"
         assert set(manifest.loc[manifest.status != "ok", "reason"]) == {"no_space"}
         assert not [p for p in dataset.rglob(".*")], "no temp files or markers left"
-    finally:
-        subprocess.run(["umount", str(mount)], check=False)
 
 
 def test_a_disk_too_full_for_the_manifest_reserve_stops_before_any_work(tmp_path):
     """The run holds the manifest's room first; a disk that cannot hold it ends the run at once
     with one line naming the reserve file (no Ray start, no shard work lost later)."""
-    mount = tmp_path / "mnt"
-    mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128k", "tmpfs", str(mount)], capture_output=True).returncode:
-        pytest.skip("mounting a tmpfs is not permitted here")
-    try:
+    with tmpfs(tmp_path / "mnt", "128k") as mount:
         command = [sys.executable, "-m", "cli.prep", "folder", "--root", str(corpus(tmp_path / "c", CLIPS[:1])), "--out", str(mount),
                    "--workers", "1", "--val", "0", "--test", "0", "--detector", "none", "--quiet"]
         result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
@@ -105,8 +110,6 @@ def test_a_disk_too_full_for_the_manifest_reserve_stops_before_any_work(tmp_path
         assert len(errors) == 1 and "no space left on device writing" in errors[0] and ".manifest-reserve" in errors[0], errors
         assert "Traceback" not in result.stderr
         assert not list((mount / "c").glob("*.tar")) and not list((mount / "c").glob(".*")), "nothing started, nothing left"
-    finally:
-        subprocess.run(["umount", str(mount)], check=False)
 
 
 @pytest.mark.slow
