@@ -9,14 +9,13 @@ functions, so member names live in :mod:`cals.shard_format` alone.
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import webdataset as wds
 
 from cals.shard_format import FRAME_CODECS, ClipSample, check_raw, decode_sample
-from cals.urls import is_url, url_filesystem  # noqa: F401 - re-exported: cals.data.is_url is public
+from cals.urls import is_url, url_filesystem
 
 log = logging.getLogger(__name__)
 

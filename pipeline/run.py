@@ -382,7 +382,8 @@ def run_prep(
     }
     # The manifest's room, held from here until just before it is written (a disk the shards fill
     # still takes it; the reserve is removed by the block's end, and by clean() after a kill).
-    with space_reserved(storage, RESERVE_FILE, reserve_bytes(len(all_clips))):
+    # A resume with no shard to write fills nothing: it holds nothing (LRW's would be 256 MiB).
+    with space_reserved(storage, RESERVE_FILE, reserve_bytes(len(all_clips)) if todo else 0):
         with no_space_raised_as_one_line(storage.url(PREP_FILE)):
             _write_json(storage, prep_info, PREP_FILE)
 
